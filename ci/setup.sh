@@ -1,0 +1,63 @@
+#!/bin/bash
+# Install everything the harness needs on a Debian 12 host, as root, and the
+# harness itself into .venv. Safe to run again: it only adds what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+# Host tools: the kernel's build system, QEMU, Debian's kernel source.
+HOST_PACKAGES=(make gcc bc flex bison perl libelf-dev libssl-dev xz-utils git
+               qemu-system-x86 linux-source-6.12 ca-certificates)
+# Guest userspace, for both guest arches (the harness downloads them itself;
+# these are only checked for availability).
+GUEST_CHECK=(busybox-static:amd64 busybox-static:i386 dropbear-bin:i386 kexec-tools:i386)
+
+say() { echo "setup: $*"; }
+
+if ! dpkg --print-foreign-architectures | grep -qx i386; then
+    say "adding the i386 architecture"
+    dpkg --add-architecture i386
+fi
+
+missing=()
+for p in "${HOST_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+# One i386 index of the security archive fails to download on these hosts
+# ("File has unexpected size"), so apt-get update exits 100 while everything
+# we need is still reachable. Do not trust the exit code alone: check below.
+say "apt-get update"
+apt-get update -q >/tmp/cpa-harness-apt-update.log 2>&1 || \
+    say "apt-get update exited $? (see /tmp/cpa-harness-apt-update.log); checking packages"
+
+if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/cpa-harness-apt.log 2>&1 || {
+        tail -20 /tmp/cpa-harness-apt.log
+        echo "setup: error: apt-get install failed (log: /tmp/cpa-harness-apt.log)" >&2
+        exit 3
+    }
+fi
+
+for p in "${GUEST_CHECK[@]}"; do
+    if ! apt-cache policy "$p" 2>/dev/null | grep -q "Candidate: [0-9]"; then
+        echo "setup: error: Debian package $p is not available: check the apt sources" \
+             "and run apt-get update" >&2
+        exit 3
+    fi
+done
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    say "creating .venv"
+    "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import harness, paramiko, pexpect, elftools, pytest, hypothesis" \
+        2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
+    say "installing the harness and its Python dependencies into .venv"
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e '.[test]'
+    touch .venv/.installed
+fi
+say "ready"

@@ -1,0 +1,284 @@
+"""Configure and build a kernel out of tree, with a content-addressed cache.
+
+Two levels of cache:
+- a build directory per (source, arch, final .config), in which the kernel's
+  own make does incremental work;
+- a request record per (source content, arch, fragments, toolchain), so that a
+  repeated identical request does no kernel work at all -- not even kconfig.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import kconfig
+from harness.arches import Arch
+from harness.errors import BuildError, InfraError, UserError
+from harness.proc import die_with_parent, kill_group
+from harness.source import Source
+
+CACHE_VERSION = "1"
+HOST_TOOLS = ("make", "gcc", "flex", "bison", "bc", "perl")
+ERROR_RE = re.compile(r"(\berror:|\*\*\* \[|undefined reference|No rule to make target|"
+                      r"fatal error|Error \d+)")
+# The self-test's entry points: present in vmlinux only when CPA_DEBUG took effect.
+CPA_SELFTEST_SYMBOLS = ("do_pageattr_test",)
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    source: Source
+    arch: Arch
+    fragments: tuple[Path, ...]     # in merge order, arch fragments included
+    sets: tuple[str, ...] = ()
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    def merged(self) -> kconfig.Merged:
+        return kconfig.merge(self.fragments, self.sets)
+
+    def wants_selftest(self) -> bool:
+        opts = self.merged().options
+        return opts.get("CONFIG_CPA_DEBUG", kconfig.Option("", "n", "")).value == "y"
+
+
+@dataclass(frozen=True)
+class Build:
+    arch: str
+    dir: Path
+    image: Path
+    vmlinux: Path
+    config: Path
+    source_id: str
+    config_hash: str
+    cached: bool            # True: no kernel work was done
+    seconds: float
+    log: Path
+
+
+def fragments_for(arch: Arch, names: list[str]) -> tuple[Path, ...]:
+    """base, the arch's own fragments, then the named ones (shipped or paths)."""
+    ordered = ["base", *arch.fragments, *names]
+    paths: list[Path] = []
+    for n in ordered:
+        p = kconfig.fragment_path(n)
+        if p not in paths:
+            paths.append(p)
+    return tuple(paths)
+
+
+def check_host_tools() -> list[str]:
+    return [t for t in HOST_TOOLS if shutil.which(t) is None]
+
+
+def toolchain_id() -> str:
+    parts = []
+    for tool in ("gcc", "ld", "make"):
+        try:
+            out = subprocess.run([tool, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = "missing"
+        parts.append(out.splitlines()[0] if out else "missing")
+    return " | ".join(parts)
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _config_hash(config: Path) -> str:
+    # The header comment carries nothing the build depends on beyond CONFIG_ lines.
+    lines = [ln for ln in config.read_text().splitlines() if ln and not ln.startswith("# ")
+             or ln.startswith("# CONFIG_")]
+    return _digest(*lines)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Two harness processes sharing a cache must not build in one directory at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _artifact_record(paths: list[Path]) -> dict[str, list[int]]:
+    return {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in paths}
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
+    missing = check_host_tools()
+    if missing:
+        raise InfraError(f"host tools missing to build a kernel: {', '.join(missing)}",
+                         "run ci/setup.sh (or apt-get install flex bison bc libelf-dev "
+                         "libssl-dev)")
+    merged = req.merged()
+    start = time.monotonic()
+    req_key = None
+    if req.source.cache_key:
+        req_key = _digest(CACHE_VERSION, req.source.cache_key, req.arch.name, merged.text(),
+                          toolchain_id())
+        hit = _cached(cache / "requests" / f"{req_key}.json", req, time.monotonic() - start)
+        if hit:
+            return hit
+
+    src_tag = req.source.cache_key or _digest(str(req.source.path))[:16]
+    scratch = cache / "kconfig" / f"{src_tag}-{req.arch.name}"
+    with _locked(scratch.with_suffix(".lock")):
+        final = _configure(req, merged, scratch)
+    cfg_hash = _config_hash(final)
+    bdir = cache / "builds" / f"{req.arch.name}-{src_tag}-{cfg_hash[:12]}"
+    with _locked(bdir.with_suffix(".lock")):
+        bdir.mkdir(parents=True, exist_ok=True)
+        config = bdir / ".config"
+        if not config.exists() or config.read_bytes() != final.read_bytes():
+            shutil.copyfile(final, config)
+        log = bdir / "build.log"
+        _make(req, bdir, ["olddefconfig", req.arch.image.rsplit("/", 1)[-1]], log)
+        image, vmlinux = bdir / req.arch.image, bdir / "vmlinux"
+        from harness import elf
+        elf.check_vmlinux(vmlinux, req.arch,
+                          list(CPA_SELFTEST_SYMBOLS) if req.wants_selftest() else [])
+        if log_dir:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, log_dir / f"build-{req.arch.name}.log")
+        result = Build(req.arch.name, bdir, image, vmlinux, config, req.source.id, cfg_hash,
+                       False, time.monotonic() - start, log)
+        if req_key:
+            _write_json(cache / "requests" / f"{req_key}.json", {
+                "dir": str(bdir), "config_hash": cfg_hash, "source_id": req.source.id,
+                "artifacts": _artifact_record([image, vmlinux, config]),
+            })
+        return result
+
+
+def _cached(record: Path, req: BuildRequest, elapsed: float) -> Build | None:
+    try:
+        data = json.loads(record.read_text())
+        bdir = Path(data["dir"])
+        arts = data["artifacts"]
+        paths = [Path(p) for p in arts]
+        # A build directory that changed or lost a file since is rebuilt, not trusted.
+        if _artifact_record(paths) != arts:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Build(req.arch.name, bdir, bdir / req.arch.image, bdir / "vmlinux", bdir / ".config",
+                 str(data["source_id"]), str(data["config_hash"]), True, elapsed,
+                 bdir / "build.log")
+
+
+def _configure(req: BuildRequest, merged: kconfig.Merged, scratch: Path) -> Path:
+    scratch.mkdir(parents=True, exist_ok=True)
+    log = scratch / "kconfig.log"
+    log.write_text("")
+    _make(req, scratch, ["tinyconfig"], log, quiet=True)
+    config = scratch / ".config"
+    kconfig.apply(config, merged)
+    _make(req, scratch, ["olddefconfig"], log, quiet=True)
+    dropped = kconfig.check_survival(merged, kconfig.read_config(config), req.source.path)
+    if dropped:
+        lines = "\n  ".join(d.line() for d in dropped)
+        raise UserError(f"{len(dropped)} requested option(s) did not survive olddefconfig "
+                        f"for {req.arch.name}:\n  {lines}",
+                        "enable the dependencies too, or drop the option from the fragment")
+    return config
+
+
+def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,
+          quiet: bool = False) -> None:
+    argv = ["make", "-C", str(req.source.path), f"O={out}", f"ARCH={req.arch.make_arch}",
+            f"-j{req.jobs}", *targets]
+    env = dict(os.environ, KBUILD_BUILD_USER="cpa-harness", KBUILD_BUILD_HOST="cpa-harness")
+    progress = None if quiet else Progress(f"build {req.arch.name}")
+    with open(log, "a") as logf:
+        logf.write(f"$ {' '.join(argv)}\n")
+        logf.flush()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, text=True,
+                                errors="replace", start_new_session=True,
+                                preexec_fn=die_with_parent)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                logf.write(line)
+                if progress:
+                    progress.line(line)
+            rc = proc.wait()
+        except BaseException:
+            kill_group(proc)
+            raise
+        finally:
+            if progress:
+                progress.done()
+    if rc != 0:
+        _raise_build_failure(req, log, targets)
+
+
+def _raise_build_failure(req: BuildRequest, log: Path, targets: list[str]) -> None:
+    text = log.read_text(errors="replace")
+    if "No space left on device" in text:
+        raise InfraError(f"no disk space while building {req.arch.name} (log: {log})",
+                         f"free space under {log.parent}")
+    if "is not clean, please run 'make ARCH=" in text or "source directory is not clean" in text \
+            or "please run 'make mrproper'" in text:
+        raise UserError(f"the kernel tree {req.source.path} has in-tree build files, so an "
+                        "out-of-tree build refuses it",
+                        f"run 'make mrproper' in {req.source.path}")
+    errors = [ln for ln in text.splitlines() if ERROR_RE.search(ln)][:10]
+    raise BuildError(f"building {req.arch.name} ({' '.join(targets)}) failed; log: {log}",
+                     "the first errors are above", log=str(log), errors=errors)
+
+
+class Progress:
+    """One updating line on a terminal; a line a minute otherwise (CI logs)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.tty = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.last = self.start
+        self.count = 0
+
+    def line(self, line: str) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if self.tty and now - self.last > 0.2:
+            text = f"{self.what}: {now - self.start:5.0f}s {line.strip()[:60]}"
+            sys.stderr.write("\r\033[K" + text)
+            self.last = now
+        elif not self.tty and now - self.last > 60:
+            sys.stderr.write(f"{self.what}: {now - self.start:.0f}s, {self.count} lines\n")
+            self.last = now
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+        sys.stderr.write(f"{self.what}: make finished in {time.monotonic() - self.start:.0f}s\n")
+        sys.stderr.flush()

@@ -1,0 +1,60 @@
+"""Cells: one kernel build, one guest configuration, one scenario, one verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.arches import Arch, get_arch
+
+# Every debug option compiled in, so one build per arch serves every cell; the
+# cells vary by command line and QEMU flags.
+KERNEL_FRAGMENTS: dict[str, tuple[str, ...]] = {
+    "x86_64": ("cpa-test", "debug-pagealloc", "gbpages", "stats", "lkdtm"),
+    "i386-pae": ("cpa-test", "debug-pagealloc", "stats", "lkdtm"),
+    "i386": ("cpa-test", "debug-pagealloc", "stats", "lkdtm"),
+}
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What the cell claims about the running kernel; checked, not assumed."""
+
+    gbpages: bool | None = None             # GB pages back the direct map
+    debug_pagealloc: bool | None = None
+    direct_map_all_4k: bool = False         # no 2M/4M/1G direct-map entries at all
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    arch: str
+    fragments: tuple[str, ...]
+    cmdline: str = ""
+    cpu: str | None = None          # None: the arch's default model
+    memory_mb: int = 2048
+    smp: int = 2
+    scenario: str = "cpa"
+    periods: int = 1                # self-test periods watched after the first pass
+    expect: Expect = field(default_factory=Expect)
+    sets: tuple[str, ...] = ()
+
+    @property
+    def arch_params(self) -> Arch:
+        return get_arch(self.arch)
+
+    @property
+    def cpu_model(self) -> str:
+        return self.cpu or self.arch_params.cpu
+
+
+SMOKE: tuple[Cell, ...] = (
+    Cell("x86_64-gbpages", "x86_64", KERNEL_FRAGMENTS["x86_64"], cpu="max", memory_mb=4096,
+         expect=Expect(gbpages=True, debug_pagealloc=False)),
+    Cell("x86_64-debug-pagealloc", "x86_64", KERNEL_FRAGMENTS["x86_64"],
+         cmdline="debug_pagealloc=on", cpu="max", memory_mb=2048,
+         expect=Expect(debug_pagealloc=True, direct_map_all_4k=True)),
+    Cell("i386-pae", "i386-pae", KERNEL_FRAGMENTS["i386-pae"], memory_mb=2048,
+         expect=Expect(debug_pagealloc=False)),
+    Cell("i386", "i386", KERNEL_FRAGMENTS["i386"], memory_mb=1024,
+         expect=Expect(debug_pagealloc=False)),
+)

@@ -1,0 +1,197 @@
+"""Command line: subcommands, and statuses mapped to exit codes. Nothing else.
+
+Exit codes of run and boot: 0 every cell passed; 1 a kernel-side failure
+(self-test failed, oops, WARNING, panic, hang, build failure); 2 a user error
+(bad arguments, a missing tree, an option that did not survive olddefconfig, a
+cell expectation not met); 3 an infrastructure error (QEMU missing or
+crashed, no disk space); 130 interrupted (SIGINT/SIGTERM). A kernel-side
+failure in any cell outranks the other codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+
+from harness import __version__, known_issues, paths
+from harness.arches import ARCHES
+from harness.cells import KERNEL_FRAGMENTS, SMOKE, Cell, Expect
+from harness.errors import HarnessError, UserError
+from harness.results import EXIT_INTERRUPTED, print_table, run_exit_code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad usage, which is our user-error code already."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"cpa-harness: error: {message} (see --help)\n")
+
+
+def _add_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tree", metavar="PATH",
+                   help="kernel source tree (default: Debian's linux-source tarball)")
+    p.add_argument("--fragment", action="append", default=[], metavar="NAME|PATH",
+                   help="extra Kconfig fragment: a shipped name or a file (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="CONFIG_X=y",
+                   help="one extra Kconfig option (repeatable)")
+    p.add_argument("--make-jobs", type=int, default=0, metavar="N",
+                   help="make -j for kernel builds (default: number of CPUs)")
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="result directory (default: a new one under the data directory)")
+    p.add_argument("--jobs", type=int, default=2, metavar="N", help="cells run in parallel")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="auto: KVM if a probe guest really runs under it, else TCG")
+    p.add_argument("--periods", type=int, metavar="N",
+                   help="self-test periods (30 s each) to watch after the first pass")
+    p.add_argument("--strict", action="store_true",
+                   help="ignore the known-issues list: every failure fails its cell")
+    p.add_argument("--known-issues", type=Path, default=paths.KNOWN_ISSUES, metavar="FILE")
+    p.add_argument("--show-command", action="store_true",
+                   help="build, then print each cell's QEMU command line instead of booting")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="cpa-harness", description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"cpa-harness {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="build kernels and run the smoke matrix")
+    _add_source(run)
+    _add_run(run)
+    run.add_argument("--cell", action="append", default=[], metavar="PATTERN",
+                     help="run only cells whose name matches (shell-style, repeatable)")
+    run.add_argument("--list", action="store_true", help="list the cells and exit")
+
+    boot = sub.add_parser("boot", help="build one kernel and run the CPA scenario on it")
+    _add_source(boot)
+    _add_run(boot)
+    boot.add_argument("--arch", required=True, choices=sorted(ARCHES))
+    boot.add_argument("--cmdline", default="", help="appended to the kernel command line")
+    boot.add_argument("--cpu", help="QEMU CPU model (default: the arch's)")
+    boot.add_argument("--memory", type=int, default=2048, metavar="MB")
+    boot.add_argument("--smp", type=int, default=2)
+
+    build = sub.add_parser("build", help="configure and build one kernel (cached)")
+    _add_source(build)
+    build.add_argument("--arch", required=True, choices=sorted(ARCHES))
+
+    doc = sub.add_parser("doctor", help="check that this host can build, boot and check")
+    doc.add_argument("--tree", metavar="PATH")
+
+    parse = sub.add_parser("parse", help="analyse a saved console log or dmesg")
+    parse.add_argument("log")
+    parse.add_argument("--json", action="store_true", help="print the JSON document")
+    parse.add_argument("--vmlinux", metavar="PATH", help="symbolize call traces with DWARF")
+    return ap
+
+
+def _select(cells: tuple[Cell, ...], patterns: list[str]) -> list[Cell]:
+    if not patterns:
+        return list(cells)
+    chosen = [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+    if not chosen:
+        raise UserError(f"no cell matches {' '.join(patterns)}",
+                        f"cells: {', '.join(c.name for c in cells)}")
+    return chosen
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{name} must be at least 1, not {value}")
+
+
+def _do_run(args: argparse.Namespace, cells: list[Cell]) -> int:
+    from harness.run import RunOptions, new_run_dir, run_cells
+
+    _positive("--jobs", args.jobs)
+    if args.periods is not None and args.periods < 0:
+        raise UserError(f"--periods must be 0 or more, not {args.periods}")
+    known = [] if args.strict else known_issues.load(args.known_issues)
+    for f in args.fragment:
+        from harness.kconfig import fragment_path
+        fragment_path(f)   # an unknown fragment is a user error before any work
+    opts = RunOptions(tree=args.tree, extra_fragments=tuple(args.fragment),
+                      sets=tuple(args.set), accel=args.accel, jobs=args.jobs,
+                      make_jobs=args.make_jobs, known=known, periods=args.periods,
+                      show_command=args.show_command)
+    if args.out:
+        run_dir = args.out
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create --out {run_dir}: {e.strerror}") from None
+    else:
+        run_dir = new_run_dir(paths.data_dir())
+    results = run_cells(cells, opts, run_dir, paths.cache_dir())
+    if args.show_command:
+        return 0
+    sys.stdout.write("\n")
+    print_table(results, sys.stdout)
+    sys.stdout.write(f"\nresults: {run_dir}\n")
+    return run_exit_code([r.verdict for r in results])
+
+
+def _do_build(args: argparse.Namespace) -> int:
+    from harness import build, source
+    from harness.arches import get_arch
+
+    arch = get_arch(args.arch)
+    src = source.resolve(args.tree, paths.cache_dir())
+    names = [*KERNEL_FRAGMENTS[arch.name], *args.fragment]
+    req = build.BuildRequest(src, arch, build.fragments_for(arch, names), tuple(args.set),
+                             **({"jobs": args.make_jobs} if args.make_jobs else {}))
+    b = build.build(req, paths.cache_dir())
+    print(f"{'cached' if b.cached else 'built'} in {b.seconds:.1f}s: {b.image}")
+    print(f"source {b.source_id}, config {b.config_hash[:12]}, log {b.log}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            cells = _select(SMOKE, args.cell)
+            if args.list:
+                print("\n".join(c.name for c in cells))
+                return 0
+            return _do_run(args, cells)
+        if args.command == "boot":
+            _positive("--memory", args.memory)
+            _positive("--smp", args.smp)
+            cell = Cell(f"{args.arch}-boot", args.arch, KERNEL_FRAGMENTS[args.arch],
+                        cmdline=args.cmdline, cpu=args.cpu, memory_mb=args.memory,
+                        smp=args.smp, expect=Expect())
+            return _do_run(args, [replace(cell)])
+        if args.command == "build":
+            return _do_build(args)
+        if args.command == "doctor":
+            from harness.doctor import doctor
+            return doctor(paths.cache_dir(), args.tree, sys.stdout)
+        if args.command == "parse":
+            from harness.console.cli import main_parse
+            return int(main_parse(args.log, args.json, args.vmlinux, sys.stdout))
+    except HarnessError as e:
+        sys.stderr.write(f"cpa-harness: error: {e.line()}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("cpa-harness: interrupted; finished cells are kept\n")
+        return EXIT_INTERRUPTED
+    raise AssertionError(args.command)
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_main() -> None:
+    signal.signal(signal.SIGTERM, _sigterm)
+    sys.exit(main(sys.argv[1:]))

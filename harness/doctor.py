@@ -1,0 +1,116 @@
+"""`cpa-harness doctor`: is this host able to build, boot and check kernels?
+
+Each check prints one line; each problem says how to fix it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import TextIO
+
+from harness import build as kbuild
+from harness import debian, qemu, source
+from harness.arches import ARCHES, I386, X86_64
+from harness.errors import HarnessError
+from harness.paths import GUEST_DIR
+
+SETUP_HINT = "run ci/setup.sh"
+
+
+def _compiles(flag: str) -> str | None:
+    """None when gcc builds freestanding code for this word size."""
+    try:
+        r = subprocess.run(["gcc", flag, "-ffreestanding", "-c", "-x", "c", "-o", "/dev/null",
+                            "-"], input="int f(void) { return sizeof(long); }\n",
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    return None if r.returncode == 0 else (r.stderr.strip().splitlines() or ["failed"])[-1]
+
+
+def _header(name: str) -> bool:
+    return any(Path(d, name).exists() for d in ("/usr/include", "/usr/include/x86_64-linux-gnu"))
+
+
+def doctor(cache: Path, tree: str | None, out: TextIO, refresh: bool = True) -> int:
+    problems = 0
+
+    def ok(what: str) -> None:
+        out.write(f"ok       {what}\n")
+
+    def bad(what: str, fix: str) -> None:
+        nonlocal problems
+        problems += 1
+        out.write(f"PROBLEM  {what}: {fix}\n")
+
+    for binary in sorted({a.qemu for a in ARCHES.values()}):
+        v = qemu.qemu_version(binary)
+        if v:
+            ok(f"{binary}: {v}")
+        else:
+            bad(f"{binary} is missing", f"{SETUP_HINT} (apt-get install qemu-system-x86)")
+
+    for arch in (X86_64, I386):
+        if not qemu.qemu_version(arch.qemu):
+            continue
+        tcg = qemu.run_probe(arch.qemu, "tcg", arch.cpu)
+        if tcg:
+            bad(f"TCG cannot run the probe guest on {arch.qemu}: {tcg}",
+                "reinstall qemu-system-x86")
+        try:
+            choice = qemu.choose_accel(arch, arch.cpu, cache, refresh=refresh)
+        except HarnessError as e:
+            bad(f"accelerator probe for {arch.qemu}", e.line())
+            continue
+        line = f"accelerator for {arch.qemu} -cpu {arch.cpu}: {choice.accel} ({choice.reason})"
+        if choice.accel == "kvm":
+            ok(line)
+        else:
+            out.write(f"note     {line}\n")
+
+    missing = kbuild.check_host_tools()
+    if missing:
+        bad(f"build tools missing: {', '.join(missing)}", SETUP_HINT)
+    else:
+        ok(f"build tools: {', '.join(kbuild.HOST_TOOLS)}")
+    for flag, name in (("-m64", "x86_64"), ("-m32", "i386")):
+        err = _compiles(flag) if shutil.which("gcc") else "gcc missing"
+        if err:
+            bad(f"gcc cannot build {name} kernel code ({err})",
+                f"{SETUP_HINT} (apt-get install gcc)")
+        else:
+            ok(f"gcc builds {name} code")
+    for header, pkg in (("gelf.h", "libelf-dev"), ("openssl/ssl.h", "libssl-dev")):
+        if _header(header):
+            ok(f"{header} ({pkg})")
+        else:
+            bad(f"{header} missing", f"apt-get install {pkg}")
+
+    try:
+        if tree:
+            src = source.from_tree(tree)
+            ok(f"kernel source: {src.path} ({src.version}, {src.id})")
+        else:
+            tarball = source.find_debian_tarball()
+            ok(f"kernel source: {tarball} (unpacked into the cache on first use)")
+    except HarnessError as e:
+        bad("kernel source", e.line())
+
+    for darch in sorted({a.debian_arch for a in ARCHES.values()}):
+        names = debian.read_package_list(GUEST_DIR / "packages.txt", darch)
+        try:
+            unreachable = debian.packages_reachable(names, darch)
+        except HarnessError as e:
+            bad(f"guest packages for {darch}", e.line())
+            continue
+        if unreachable:
+            hint = ("dpkg --add-architecture i386 && apt-get update" if darch == "i386"
+                    else "apt-get update")
+            bad(f"guest packages for {darch} not available: {', '.join(unreachable)}", hint)
+        else:
+            ok(f"guest packages for {darch}: {', '.join(names)}")
+
+    out.write("no problems found\n" if not problems else f"{problems} problem(s) found\n")
+    return 0 if not problems else 3

@@ -1,0 +1,240 @@
+"""One running guest: QEMU under pexpect, its serial console logged and analysed.
+
+Every byte the guest prints goes, as it arrives, to the serial log and to the
+console parser, so a cell can fail the moment a failure's report is complete.
+Every wait has a deadline. QEMU runs with a parent-death signal, so it dies
+with the harness even when the harness is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import pexpect
+
+from harness.console import ConsoleParser, Failure, FailureFound
+from harness.errors import InfraError
+from harness.proc import die_with_parent
+from harness.qemu import QemuParams, qemu_argv
+
+READY_RE = re.compile(rb"CPA-HARNESS-READY boot_id=([0-9a-f-]{36})")
+# printk lines (PRINTK_TIME is on) that land in the middle of a command's output
+KMSG_RE = re.compile(r"^\s*(<\d+>)?\[\s*\d+\.\d+\]")
+QUIET_FLUSH = 5.0   # seconds of silence after which a pending report counts as complete
+SLICE = 0.5
+
+
+_LIVE: set[Machine] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def kill_all() -> None:
+    """Kill every running guest of this process (Ctrl-C, SIGTERM)."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for m in live:
+        if m.child is not None and m.child.isalive():
+            m.child.terminate(force=True)
+
+
+class GuestHang(Exception):
+    """The guest made no progress towards `what` before its deadline."""
+
+    def __init__(self, what: str, seconds: float) -> None:
+        super().__init__(f"no {what} within {seconds:.0f}s")
+        self.what = what
+        self.seconds = seconds
+
+
+class GuestExited(Exception):
+    """QEMU ended while the harness was waiting for something."""
+
+    def __init__(self, what: str, status: int | None) -> None:
+        super().__init__(f"QEMU exited (status {status}) while waiting for {what}")
+        self.what = what
+        self.status = status
+
+
+class FailureSeen(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(f"{failure.kind}: {failure.title}")
+        self.failure = failure
+
+
+class _Tee:
+    """pexpect's logfile_read: write the raw bytes to the log, feed the parser."""
+
+    def __init__(self, log: IO[bytes], machine: Machine) -> None:
+        self.log = log
+        self.machine = machine
+
+    def write(self, data: bytes) -> None:
+        self.log.write(data)
+        self.log.flush()
+        self.machine._feed(data)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
+class Machine:
+    def __init__(self, params: QemuParams, serial_log: Path,
+                 is_fatal: Callable[[Failure], bool] = lambda f: True) -> None:
+        self.params = params
+        self.serial_log = serial_log
+        self.parser = ConsoleParser()
+        self.is_fatal = is_fatal
+        self.failures: list[Failure] = []
+        self.pending_fatal: Failure | None = None
+        self.child: pexpect.spawn | None = None
+        self.started = 0.0
+        self.last_output = 0.0
+        self._log: IO[bytes] | None = None
+        self._seq = itertools.count(1)
+
+    # --- lifecycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        argv = qemu_argv(self.params)
+        self.serial_log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.serial_log, "ab")
+        try:
+            self.child = pexpect.spawn(argv[0], argv[1:], timeout=None, echo=False,
+                                       preexec_fn=die_with_parent,
+                                       dimensions=(24, 500))
+        except pexpect.ExceptionPexpect as e:
+            raise InfraError(f"cannot start {argv[0]}: {e}") from None
+        self.child.logfile_read = _Tee(self._log, self)
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        self.started = self.last_output = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.child is not None and self.child.isalive()
+
+    def kill(self) -> None:
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+        if self.child is not None:
+            if self.child.isalive():
+                self.child.terminate(force=True)
+            self.child.close(force=True)
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def exit_status(self) -> int | None:
+        if self.child is None or self.child.isalive():
+            return None
+        st = self.child.exitstatus
+        return st if st is not None else (128 + (self.child.signalstatus or 0))
+
+    # --- the console stream -----------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        self.last_output = time.monotonic()
+        self._handle(self.parser.feed(data))
+
+    def _handle(self, events: list[Any]) -> None:
+        for ev in events:
+            if isinstance(ev, FailureFound):
+                self.failures.append(ev.failure)
+                if self.pending_fatal is None and self.is_fatal(ev.failure):
+                    self.pending_fatal = ev.failure
+
+    def _check_fatal(self) -> None:
+        if self.pending_fatal is not None:
+            raise FailureSeen(self.pending_fatal)
+
+    def wait_for(self, pattern: re.Pattern[bytes], timeout: float, what: str,
+                 quiet_ok: bool = True) -> re.Match[bytes]:
+        """Wait for `pattern` on the serial console, failing fast on a kernel failure."""
+        assert self.child is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_fatal()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._handle(self.parser.flush())
+                self._check_fatal()
+                raise GuestHang(what, timeout)
+            try:
+                self.child.expect(pattern, timeout=min(SLICE, left))
+                self._check_fatal()
+                m = self.child.match
+                assert isinstance(m, re.Match)
+                return m
+            except pexpect.TIMEOUT:
+                if time.monotonic() - self.last_output > QUIET_FLUSH:
+                    self._handle(self.parser.flush())
+            except pexpect.EOF:
+                self._handle(self.parser.flush())
+                self.child.close()
+                self._check_fatal()
+                raise GuestExited(what, self.exit_status()) from None
+
+    def watch(self, seconds: float) -> None:
+        """Keep reading the console for `seconds`, failing fast on a kernel failure."""
+        never = re.compile(rb"(?!x)x")
+        try:
+            self.wait_for(never, seconds, "nothing")
+        except GuestHang:
+            pass
+        # Nothing is searched for in what was read: do not let the buffer grow.
+        if self.child is not None:
+            self.child.buffer = b""
+
+    def run(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
+        """Run a command in the serial shell; return its status and output.
+
+        Kernel messages printed meanwhile are dropped from the output (they are
+        still in the log and were seen by the parser). The markers are split in
+        the command so the shell's echo of the typed line cannot match them.
+        """
+        assert self.child is not None
+        n = next(self._seq)
+        self.child.send(f"echo '@@CPA''-{n}-BEGIN@@'; {command}; echo \"@@CPA''-{n}-END-$?@@\"\r"
+                        .encode())
+        end = re.compile(rf"@@CPA-{n}-END-(\d+)@@".encode())
+        self.wait_for(re.compile(rf"@@CPA-{n}-BEGIN@@".encode()), timeout,
+                      f"start of '{command}'")
+        m = self.wait_for(end, timeout, f"end of '{command}'")
+        assert self.child is not None
+        raw = self.child.before if isinstance(self.child.before, bytes) else b""
+        lines = raw.decode(errors="replace").replace("\r", "").split("\n")
+        out = [ln for ln in lines if not KMSG_RE.match(ln)]
+        return int(m.group(1)), "\n".join(out).strip("\n")
+
+    def poweroff(self, timeout: float = 30.0) -> None:
+        """`reboot -f` with -no-reboot ends QEMU; kill it if it does not."""
+        if not self.alive():
+            return
+        assert self.child is not None
+        try:
+            self.child.send(b"\rreboot -f\r")
+            self.child.expect(pexpect.EOF, timeout=timeout)
+        except (pexpect.TIMEOUT, OSError):
+            pass
+        self._handle(self.parser.flush())
+        self.kill()
+
+    def wait_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        """Read the console until `done()` holds, e.g. a self-test pass was parsed."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GuestHang(what, timeout)
+            self.watch(min(SLICE, left))
+
+    def finish(self) -> dict[str, Any]:
+        """The guest is gone: complete the analysis and return its JSON document."""
+        self.kill()
+        analysis = self.parser.finish()
+        return analysis.to_json()  # type: ignore[no-any-return]

@@ -1,0 +1,30 @@
+"""Where the harness keeps its cache, its results and its own shipped files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# The checkout this package lives in: kernel-configs/, guest/ and ci/ sit beside it.
+PROJECT_ROOT = Path(os.environ.get("CPA_HARNESS_ROOT", Path(__file__).resolve().parent.parent))
+CONFIGS_DIR = PROJECT_ROOT / "kernel-configs"
+GUEST_DIR = PROJECT_ROOT / "guest"
+KNOWN_ISSUES = PROJECT_ROOT / "ci" / "known-issues.toml"
+
+
+def cache_dir() -> Path:
+    """Builds, unpacked sources, packages, initramfs images: safe to delete."""
+    env = os.environ.get("CPA_HARNESS_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cpa-harness"
+
+
+def data_dir() -> Path:
+    """Run results and history: worth keeping."""
+    env = os.environ.get("CPA_HARNESS_DATA")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cpa-harness"

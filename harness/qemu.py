@@ -1,0 +1,195 @@
+"""The QEMU command line, and which accelerator really works on this host.
+
+The command line is one pure function of its parameters, so it can be shown
+(--show-command), compared with golden files, and never goes through a shell.
+
+/dev/kvm can exist, open, and still hang guests (and `-cpu host` can abort on
+an MSR), so KVM is trusted only after a guest has been seen running code under
+it, within a short deadline. The answer is remembered per host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.arches import Arch
+from harness.errors import InfraError
+from harness.proc import die_with_parent
+
+# Always on the guest's command line: the console on the first serial port, and
+# a panic that ends QEMU (with -no-reboot) instead of leaving a dead guest.
+BASE_CMDLINE = "console=ttyS0,115200 panic=-1"
+
+
+@dataclass(frozen=True)
+class QemuParams:
+    arch: Arch
+    accel: str                      # "kvm" or "tcg"
+    cpu: str
+    memory_mb: int
+    smp: int
+    cmdline: str                    # the cell's part; BASE_CMDLINE comes first
+    kernel: Path
+    initrd: Path
+    ssh_port: int | None = None     # forwarded from 127.0.0.1 to the guest's port 22
+    qmp_socket: Path | None = None
+    extra: tuple[str, ...] = field(default_factory=tuple)
+
+    def full_cmdline(self) -> str:
+        return f"{BASE_CMDLINE} {self.cmdline}".strip()
+
+
+def qemu_argv(p: QemuParams) -> list[str]:
+    argv = [
+        p.arch.qemu,
+        "-machine", p.arch.machine,
+        "-accel", p.accel,
+        "-cpu", p.cpu,
+        "-m", str(p.memory_mb),
+        "-smp", str(p.smp),
+        "-nodefaults", "-no-user-config",
+        "-display", "none",
+        "-serial", "stdio",
+        "-no-reboot",
+        "-kernel", str(p.kernel),
+        "-initrd", str(p.initrd),
+        "-append", p.full_cmdline(),
+    ]
+    if p.ssh_port is not None:
+        argv += ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{p.ssh_port}-:22",
+                 "-device", "virtio-net-pci,netdev=net0"]
+    if p.qmp_socket is not None:
+        argv += ["-qmp", f"unix:{p.qmp_socket},server=on,wait=off"]
+    return argv + list(p.extra)
+
+
+def show_command(p: QemuParams) -> str:
+    return shlex.join(qemu_argv(p))
+
+
+def qemu_version(binary: str) -> str | None:
+    if shutil.which(binary) is None:
+        return None
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.splitlines()[0] if out else None
+
+
+def require_qemu(arch: Arch) -> None:
+    if shutil.which(arch.qemu) is None:
+        raise InfraError(f"{arch.qemu} is not installed",
+                         "run ci/setup.sh (or apt-get install qemu-system-x86)")
+
+
+# --- the accelerator probe -----------------------------------------------------
+
+# A 64 KiB firmware image whose reset vector writes 0x4B to an isa-debug-exit
+# port: QEMU then exits with status (0x4B << 1) | 1 = 151. Seeing 151 proves the
+# accelerator executed guest code, which /dev/kvm opening does not.
+_PROBE_CODE = bytes([0xBA, 0xF4, 0x00,   # mov dx, 0xf4
+                     0xB0, 0x4B,         # mov al, 0x4b
+                     0xEE,               # out dx, al
+                     0xF4, 0xEB, 0xFE])  # hlt; jmp $
+PROBE_EXIT = 151
+PROBE_DEADLINE = 10.0
+
+
+def _probe_firmware(dir: Path) -> Path:
+    img = bytearray(b"\xf4" * 65536)
+    img[0xFFF0:0xFFF0 + len(_PROBE_CODE)] = _PROBE_CODE
+    path = dir / "accel-probe.bin"
+    path.write_bytes(bytes(img))
+    return path
+
+
+@dataclass(frozen=True)
+class AccelChoice:
+    accel: str      # what cells will use
+    reason: str     # one line: why
+
+
+def _host_key(qemu: str, cpu: str) -> str:
+    try:
+        model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                      if ln.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return "|".join([platform.node(), platform.release(), model, qemu_version(qemu) or qemu,
+                     cpu])
+
+
+def run_probe(qemu: str, accel: str, cpu: str, deadline: float = PROBE_DEADLINE) -> str | None:
+    """None when the guest ran code under `accel`; otherwise what went wrong."""
+    with tempfile.TemporaryDirectory(prefix="cpa-harness-probe.") as tmp:
+        fw = _probe_firmware(Path(tmp))
+        argv = [qemu, "-machine", "pc", "-accel", accel, "-cpu", cpu, "-m", "16",
+                "-nodefaults", "-no-user-config", "-display", "none", "-bios", str(fw),
+                "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace",
+                                start_new_session=True, preexec_fn=die_with_parent)
+        try:
+            out, _ = proc.communicate(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return f"the probe guest hung for {deadline:.0f}s"
+        if proc.returncode == PROBE_EXIT:
+            return None
+        last = [ln for ln in out.splitlines() if ln.strip()][-1:] or [""]
+        return f"the probe guest exited {proc.returncode}: {last[0][:160]}"
+
+
+def choose_accel(arch: Arch, cpu: str, cache: Path, want: str = "auto",
+                 refresh: bool = False) -> AccelChoice:
+    """KVM if it really runs guest code with this CPU model, else TCG, remembered per host."""
+    if want == "tcg":
+        return AccelChoice("tcg", "TCG requested")
+    memo = cache / "accel.json"
+    key = _host_key(arch.qemu, cpu)
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not refresh and key in known:
+        entry = known[key]
+        choice = AccelChoice(entry["accel"], entry["reason"] + " (remembered)")
+    else:
+        choice = _probe_kvm(arch.qemu, cpu)
+        known[key] = {"accel": choice.accel, "reason": choice.reason, "when": time.time()}
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f"accel.json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1))
+        tmp.replace(memo)
+    if want == "kvm" and choice.accel != "kvm":
+        raise InfraError(f"KVM was requested but does not work here: {choice.reason}",
+                         "use --accel auto or --accel tcg")
+    return choice
+
+
+def _probe_kvm(qemu: str, cpu: str) -> AccelChoice:
+    if not os.path.exists("/dev/kvm"):
+        return AccelChoice("tcg", "no /dev/kvm; using TCG")
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+        os.close(fd)
+    except OSError as e:
+        return AccelChoice("tcg", f"/dev/kvm cannot be opened ({e.strerror}); using TCG")
+    kvm_cpu = "host" if cpu == "max" else cpu
+    problem = run_probe(qemu, "kvm", kvm_cpu)
+    if problem:
+        return AccelChoice("tcg", f"KVM probe with -cpu {kvm_cpu} failed ({problem}); "
+                                  "using TCG")
+    return AccelChoice("kvm", f"KVM ran the probe guest with -cpu {kvm_cpu}")

@@ -1,0 +1,184 @@
+"""Results: one JSON per cell, a run summary, JUnit XML and the verdict table.
+
+Files are written atomically (temp file, then rename): an interrupted or
+crashed run never leaves a half-written result behind, and what was already
+written stays readable.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from xml.etree import ElementTree as ET
+
+from harness.errors import InfraError
+
+
+class Verdict(enum.StrEnum):
+    PASS = "pass"
+    FAIL = "fail"               # the kernel under test misbehaved
+    USER_ERROR = "user-error"   # the request or the cell's expectations were wrong
+    INFRA_ERROR = "infra-error" # the host failed: QEMU crashed, no disk, ...
+    NOT_RUN = "not-run"         # interrupted before it ran
+
+
+EXIT_CODES = {Verdict.PASS: 0, Verdict.FAIL: 1, Verdict.USER_ERROR: 2,
+              Verdict.INFRA_ERROR: 3, Verdict.NOT_RUN: 3}
+EXIT_INTERRUPTED = 130
+
+
+def run_exit_code(verdicts: list[Verdict]) -> int:
+    """A kernel failure outranks everything: it is what the run exists to find."""
+    for v in (Verdict.FAIL, Verdict.USER_ERROR, Verdict.INFRA_ERROR, Verdict.NOT_RUN):
+        if v in verdicts:
+            return EXIT_CODES[v]
+    return 0
+
+
+@dataclass
+class FailureRecord:
+    kind: str
+    title: str
+    line: int
+    boot: int
+    known: bool = False
+    known_reason: str = ""
+    call_trace: list[str] = field(default_factory=list)
+    report: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CellResult:
+    name: str
+    arch: str
+    verdict: Verdict = Verdict.NOT_RUN
+    reason: str = ""
+    scenario: str = "cpa"
+    accel: str = ""
+    accel_reason: str = ""
+    cpu: str = ""
+    memory_mb: int = 0
+    smp: int = 0
+    cmdline: str = ""
+    source_id: str = ""
+    kernel_version: str | None = None
+    build_dir: str = ""
+    build_cached: bool = False
+    config_hash: str = ""
+    qemu_command: str = ""
+    serial_log: str = ""
+    boot_id: str = ""
+    gbpages: bool | None = None
+    debug_pagealloc: bool | None = None
+    cpa_selftest: list[dict[str, Any]] = field(default_factory=list)
+    periods_watched: int = 0
+    direct_map: dict[str, int] = field(default_factory=dict)
+    vmstat: dict[str, int] = field(default_factory=dict)
+    failures: list[FailureRecord] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["verdict"] = self.verdict.value
+        return d
+
+    def splits_summary(self) -> str:
+        """The first pass's last split line: what the self-test left behind."""
+        for p in self.cpa_selftest:
+            if p.get("splits"):
+                s = p["splits"][-1]
+                return f"4k {s['4k']} large {s['large']}" + (f" gb {s['gb']}" if s.get("gb")
+                                                             else "")
+        return "-"
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InfraError(f"cannot write {path}: {e.strerror}",
+                         "free disk space; results written before are intact") from None
+
+
+def write_cell(run_dir: Path, cell: CellResult) -> Path:
+    path = run_dir / "cells" / cell.name / "result.json"
+    write_json(path, cell.to_json())
+    return path
+
+
+def write_summary(run_dir: Path, cells: list[CellResult], meta: dict[str, Any]) -> Path:
+    summary = dict(meta)
+    summary["cells"] = [{"name": c.name, "arch": c.arch, "verdict": c.verdict.value,
+                         "reason": c.reason,
+                         "result": f"cells/{c.name}/result.json"} for c in cells]
+    summary["exit_code"] = run_exit_code([c.verdict for c in cells])
+    path = run_dir / "summary.json"
+    write_json(path, summary)
+    write_junit(run_dir / "junit.xml", cells)
+    return path
+
+
+def write_junit(path: Path, cells: list[CellResult]) -> None:
+    suites = ET.Element("testsuites", name="cpa-harness")
+    for c in cells:
+        suite = ET.SubElement(suites, "testsuite", name=c.name)
+        cases: list[tuple[str, str | None, str]] = []
+        cases.append(("build", None if c.build_dir or c.verdict == Verdict.PASS
+                      else c.reason, ""))
+        cases.append(("boot", None if c.boot_id else (c.reason or "no ready marker"), ""))
+        for i, p in enumerate(c.cpa_selftest, 1):
+            cases.append((f"cpa_selftest pass {i}",
+                          None if p.get("result") == "pass" else f"result {p.get('result')}",
+                          "\n".join(p.get("errors", []))))
+        bad = [f for f in c.failures if not f.known]
+        cases.append(("no kernel failures",
+                      "; ".join(f"{f.kind}: {f.title}" for f in bad) or None,
+                      "\n\n".join("\n".join(f.report) for f in bad)))
+        failed = 0
+        for name, failure, text in cases:
+            case = ET.SubElement(suite, "testcase", classname=c.name, name=name)
+            if failure:
+                failed += 1
+                el = ET.SubElement(case, "failure", message=failure)
+                el.text = text
+        if c.verdict in (Verdict.USER_ERROR, Verdict.INFRA_ERROR, Verdict.NOT_RUN):
+            case = ET.SubElement(suite, "testcase", classname=c.name, name="harness")
+            ET.SubElement(case, "error", message=f"{c.verdict.value}: {c.reason}")
+        suite.set("tests", str(len(suite)))
+        suite.set("failures", str(failed))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    ET.ElementTree(suites).write(tmp, encoding="utf-8", xml_declaration=True)
+    tmp.replace(path)
+
+
+def print_table(cells: list[CellResult], out: TextIO) -> None:
+    rows = [("cell", "verdict", "accel", "self-test", "splits (last line)", "direct map",
+             "time", "reason")]
+    for c in cells:
+        passes = [p.get("result", "?") for p in c.cpa_selftest]
+        dm = " ".join(f"{k}:{v // 1024}M" for k, v in c.direct_map.items() if v)
+        rows.append((c.name, c.verdict.value.upper(), c.accel or "-",
+                     ",".join(passes) or "-", c.splits_summary(), dm or "-",
+                     f"{c.durations.get('total', 0):.0f}s", c.reason))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1]
+                  + "\n")
+    for c in cells:
+        for f in c.failures:
+            tag = f"known: {f.known_reason[:70]}..." if f.known else "FAILED"
+            out.write(f"  {c.name}: {f.kind}: {f.title} (line {f.line}) [{tag}]\n")

@@ -1,0 +1,169 @@
+"""Orchestration of a run: builds (each once), guest images, accelerators, cells.
+
+Operations raise typed errors; here they become cell verdicts. Cells run in
+parallel within --jobs; each cell's result is written the moment it ends, so
+an interrupted run keeps everything already finished.
+"""
+
+from __future__ import annotations
+
+import platform
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from harness import build as kbuild
+from harness import initramfs, qemu, source
+from harness.cells import Cell
+from harness.errors import BuildError, HarnessError
+from harness.known_issues import KnownIssue
+from harness.machine import kill_all
+from harness.results import CellResult, Verdict, write_cell, write_summary
+from harness.scenarios import cpa
+
+
+@dataclass
+class RunOptions:
+    tree: str | None = None
+    extra_fragments: tuple[str, ...] = ()
+    sets: tuple[str, ...] = ()
+    accel: str = "auto"
+    jobs: int = 2
+    make_jobs: int = 0
+    known: list[KnownIssue] = field(default_factory=list)
+    out: Path | None = None
+    periods: int | None = None
+    show_command: bool = False
+
+
+def new_run_dir(base: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    d = base / "runs" / f"{stamp}-{secrets.token_hex(3)}"
+    d.mkdir(parents=True)
+    return d
+
+
+def _build_key(cell: Cell, opts: RunOptions) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    return (cell.arch, tuple(cell.fragments) + opts.extra_fragments, cell.sets + opts.sets)
+
+
+def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
+              out: TextIO = sys.stdout) -> list[CellResult]:
+    results = {c.name: CellResult(name=c.name, arch=c.arch) for c in cells}
+    meta = {"started": time.time(), "host": platform.node(), "tree": opts.tree or "debian",
+            "cells_requested": [c.name for c in cells], "interrupted": False}
+
+    def finish(res: CellResult) -> None:
+        results[res.name] = res
+        write_cell(run_dir, res)
+        out.write(f"[{res.name}] {res.verdict.value}{': ' + res.reason if res.reason else ''}"
+                  f" ({res.durations.get('total', 0):.0f}s)\n")
+        out.flush()
+
+    try:
+        src = source.resolve(opts.tree, cache)
+        meta["source_id"] = src.id
+        meta["kernel_version"] = src.version
+        out.write(f"source: {src.id} ({src.version})\n")
+        runnable = _prepare(cells, opts, src, run_dir, cache, finish, out)
+        if opts.show_command:
+            for cell, ctx in runnable:
+                out.write(f"{cell.name}: {qemu.show_command(cpa.qemu_params(cell, ctx))}\n")
+            return list(results.values())
+        pool = ThreadPoolExecutor(max_workers=max(1, opts.jobs))
+        try:
+            futures = [pool.submit(_run_one, cell, ctx) for cell, ctx in runnable]
+            for fut in futures:
+                finish(fut.result())
+        except KeyboardInterrupt:
+            # Cells not yet started stay "not-run"; running guests are killed so
+            # their threads end now, and what finished is written.
+            pool.shutdown(wait=False, cancel_futures=True)
+            kill_all()
+            for fut in futures:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    finish(fut.result())
+            raise
+        pool.shutdown()
+    except KeyboardInterrupt:
+        meta["interrupted"] = True
+        raise
+    finally:
+        meta["finished"] = time.time()
+        write_summary(run_dir, list(results.values()), meta)
+    return list(results.values())
+
+
+def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: Path,
+             cache: Path, finish: Callable[[CellResult], None],
+             out: TextIO) -> list[tuple[Cell, cpa.CellContext]]:
+    builds: dict[object, kbuild.Build | HarnessError] = {}
+    images: dict[str, Path | HarnessError] = {}
+    accels: dict[tuple[str, str], qemu.AccelChoice | HarnessError] = {}
+    runnable = []
+    for cell in cells:
+        key = _build_key(cell, opts)
+        try:
+            arch = cell.arch_params
+            if key not in builds:
+                try:
+                    req = kbuild.BuildRequest(
+                        src, arch, kbuild.fragments_for(arch, list(key[1])), key[2],
+                        **({"jobs": opts.make_jobs} if opts.make_jobs else {}))
+                    b = kbuild.build(req, cache, log_dir=run_dir / "builds")
+                    out.write(f"build {arch.name}: {'cached' if b.cached else 'built'} in "
+                              f"{b.seconds:.1f}s ({b.dir})\n")
+                    builds[key] = b
+                except HarnessError as e:
+                    builds[key] = e
+            got = builds[key]
+            if isinstance(got, HarnessError):
+                raise got
+            if arch.name not in images:
+                try:
+                    images[arch.name] = initramfs.build_initramfs(arch, cache)
+                except HarnessError as e:
+                    images[arch.name] = e
+            img = images[arch.name]
+            if isinstance(img, HarnessError):
+                raise img
+            qemu.require_qemu(arch)
+            akey = (arch.qemu, cell.cpu_model)
+            if akey not in accels:
+                try:
+                    accels[akey] = qemu.choose_accel(arch, cell.cpu_model, cache, opts.accel)
+                    out.write(f"accelerator for {arch.qemu} -cpu {cell.cpu_model}: "
+                              f"{accels[akey].accel} ({accels[akey].reason})\n")  # type: ignore
+                except HarnessError as e:
+                    accels[akey] = e
+            acc = accels[akey]
+            if isinstance(acc, HarnessError):
+                raise acc
+            if opts.periods is not None:
+                from dataclasses import replace
+                cell = replace(cell, periods=opts.periods)
+            runnable.append((cell, cpa.CellContext(got, img, acc, run_dir / "cells" / cell.name,
+                                                   opts.known)))
+        except HarnessError as e:
+            finish(_error_result(cell, e))
+    return runnable
+
+
+def _error_result(cell: Cell, e: HarnessError) -> CellResult:
+    if isinstance(e, BuildError):
+        verdict = Verdict.FAIL
+        reason = e.line() + ("\n    " + "\n    ".join(e.errors) if e.errors else "")
+    else:
+        verdict = Verdict.USER_ERROR if e.exit_code == 2 else Verdict.INFRA_ERROR
+        reason = e.line()
+    return CellResult(name=cell.name, arch=cell.arch, verdict=verdict, reason=reason)
+
+
+def _run_one(cell: Cell, ctx: cpa.CellContext) -> CellResult:
+    ctx.cell_dir.mkdir(parents=True, exist_ok=True)
+    return cpa.run(cell, ctx)

@@ -1,0 +1,155 @@
+"""Kernel sources: a tree the user names, or Debian's linux-source tarball.
+
+Every source has an id that results record: the commit and a dirty flag for a
+git tree, the tarball's checksum for Debian's package. `cache_key` is what the
+build cache may trust to mean "same content"; a dirty tree or a plain
+directory has none, so its builds always go through the kernel's own make.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import InfraError, UserError
+
+DEBIAN_TARBALLS = "/usr/src"
+DEBIAN_PACKAGE = "linux-source-6.12"
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    id: str                 # recorded in results
+    version: str            # from the Makefile: 6.12.117
+    cache_key: str | None   # None: content not pinned (dirty tree, plain dir)
+
+
+def kernel_version(tree: Path) -> str:
+    fields: dict[str, str] = {}
+    try:
+        with open(tree / "Makefile") as f:
+            for line in f:
+                m = re.match(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)\s*=\s*(\S*)", line)
+                if m:
+                    fields[m.group(1)] = m.group(2)
+                if len(fields) == 4:
+                    break
+    except OSError:
+        return ""
+    if "VERSION" not in fields:
+        return ""
+    v = f"{fields['VERSION']}.{fields.get('PATCHLEVEL', '0')}"
+    if fields.get("SUBLEVEL", "0") not in ("", "0"):
+        v += f".{fields['SUBLEVEL']}"
+    return v + fields.get("EXTRAVERSION", "")
+
+
+def from_tree(path_arg: str) -> Source:
+    path = Path(path_arg).expanduser().resolve()
+    if not path.exists():
+        raise UserError(f"kernel tree {path_arg} does not exist",
+                        "give --tree a kernel source directory, or omit it for Debian's "
+                        f"{DEBIAN_PACKAGE}")
+    if not path.is_dir():
+        raise UserError(f"kernel tree {path_arg} is not a directory")
+    version = kernel_version(path)
+    if not version or not (path / "arch" / "x86" / "Kconfig").exists():
+        raise UserError(f"{path_arg} is not a kernel source tree (no top-level Makefile "
+                        "with VERSION, or no arch/x86/Kconfig)",
+                        "point --tree at the top of a Linux source checkout")
+    if (path / ".git").exists():
+        return _git_source(path, version)
+    return Source(path, f"dir:{path}", version, None)
+
+
+def _git(path: Path, *args: str) -> str:
+    r = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
+                       timeout=120)
+    if r.returncode != 0:
+        raise UserError(f"git {' '.join(args)} failed in {path}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def _git_source(path: Path, version: str) -> Source:
+    head = _git(path, "rev-parse", "HEAD").strip()
+    dirty = _git(path, "status", "--porcelain", "--untracked-files=no").strip() != ""
+    if dirty:
+        return Source(path, f"git:{head}-dirty", version, None)
+    return Source(path, f"git:{head}", version, f"git-{head}")
+
+
+def find_debian_tarball() -> Path:
+    found = sorted(Path(DEBIAN_TARBALLS).glob("linux-source-*.tar.xz"),
+                   key=lambda p: [int(x) for x in re.findall(r"\d+", p.name)])
+    if not found:
+        raise UserError(f"no kernel tree given and Debian's {DEBIAN_PACKAGE} is not installed",
+                        f"apt-get install {DEBIAN_PACKAGE}, or give --tree PATH")
+    return found[-1]
+
+
+def _sha256(path: Path, cache: Path) -> str:
+    """The tarball's checksum, remembered by (path, size, mtime): hashing 150 MB is not free."""
+    st = path.stat()
+    memo = cache / "checksums.json"
+    key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return str(known[key])
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    known[key] = h.hexdigest()
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_suffix(".tmp")
+    tmp.write_text(json.dumps(known))
+    tmp.replace(memo)
+    return h.hexdigest()
+
+
+def from_debian(cache: Path) -> Source:
+    tarball = find_debian_tarball()
+    digest = _sha256(tarball, cache)
+    dest = cache / "src" / digest[:16]
+    stamp = dest / ".cpa-harness-unpacked"
+    if not stamp.exists():
+        _unpack(tarball, dest)
+        stamp.write_text(f"{tarball}\n{digest}\n")
+    trees = [p for p in dest.iterdir() if p.is_dir()]
+    if len(trees) != 1:
+        raise InfraError(f"unpacked {tarball} in {dest} holds {len(trees)} directories, not one",
+                         f"delete {dest} and run again")
+    tree = trees[0]
+    return Source(tree, f"tarball:{tarball.name}@sha256:{digest[:16]}",
+                  kernel_version(tree), f"deb-{digest[:16]}")
+
+
+def _unpack(tarball: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():   # a half-unpacked tree from an interrupted run
+        shutil.rmtree(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
+    print(f"unpacking {tarball} into {dest} (once)", flush=True)
+    r = subprocess.run(["tar", "-xf", str(tarball), "-C", str(tmp)],
+                       capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        msg = r.stderr.strip().splitlines()[-1:] or ["tar failed"]
+        if "No space left" in r.stderr:
+            raise InfraError(f"no disk space to unpack {tarball}", f"free space in {dest.parent}")
+        raise InfraError(f"unpacking {tarball} failed: {msg[0]}")
+    tmp.rename(dest)
+
+
+def resolve(tree: str | None, cache: Path) -> Source:
+    return from_tree(tree) if tree else from_debian(cache)

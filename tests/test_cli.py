@@ -1,0 +1,56 @@
+"""Bad input: one clear line, the documented exit code, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:   # argparse usage errors
+        code = int(e.code or 0)
+    cap = capsys.readouterr()
+    return code, cap.err
+
+
+@pytest.mark.parametrize("argv,code,needle", [
+    (["run", "--cell", "nope*"], 2, "no cell matches nope*"),
+    (["run", "--tree", "/nonexistent/linux"], 2, "kernel tree /nonexistent/linux does not exist"),
+    (["run", "--tree", "/etc"], 2, "is not a kernel source tree"),
+    (["run", "--fragment", "no-such-fragment"], 2, "unknown config fragment"),
+    (["run", "--jobs", "0"], 2, "--jobs must be at least 1"),
+    (["run", "--jobs", "two"], 2, "invalid int value"),
+    (["run", "--known-issues", "/nonexistent.toml"], 2, "known-issues file"),
+    (["boot", "--arch", "arm64"], 2, "invalid choice"),
+    (["boot", "--arch", "x86_64", "--memory", "0"], 2, "--memory must be at least 1"),
+    (["frobnicate"], 2, "invalid choice"),
+    (["parse", "/nonexistent.log"], 2, "/nonexistent.log"),
+    (["parse", "/"], 2, "directory"),
+])
+def test_bad_input(argv: list[str], code: int, needle: str,
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    got, err = run(argv, capsys)
+    assert got == code
+    assert needle in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_list_cells(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--list"]) == 0
+    out = capsys.readouterr().out.split()
+    assert out == ["x86_64-gbpages", "x86_64-debug-pagealloc", "i386-pae", "i386"]
+    assert main(["run", "--list", "--cell", "i386*"]) == 0
+    assert capsys.readouterr().out.split() == ["i386-pae", "i386"]
+
+
+def test_out_dir_not_creatable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = run(["run", "--cell", "i386", "--out", str(blocker / "sub")], capsys)
+    assert code == 2 and "cannot create --out" in err
