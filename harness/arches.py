@@ -34,14 +34,15 @@ X86_64 = Arch(
     elf_machine="EM_X86_64",
 )
 
-# i386 guests run on a CPU model with the Intel vendor: TCG's "max" reports AMD
-# and the kernel then WARNs in init_amd ("not suitable for SMP") on a good kernel.
+# i386 guests run on a 32-bit Intel model with PAE and NX (Core Duo): TCG's "max"
+# reports AMD and the kernel then WARNs in init_amd ("not suitable for SMP") on a
+# good kernel; 64-bit models make qemu-system-i386 warn about lm and syscall.
 I386_PAE = Arch(
     name="i386-pae",
     make_arch="i386",
     qemu="qemu-system-i386",
     machine="pc",
-    cpu="Westmere",
+    cpu="coreduo",
     image="arch/x86/boot/bzImage",
     fragments=("i386.config", "i386-pae.config"),
     debian_arch="i386",
@@ -54,7 +55,7 @@ I386 = Arch(
     make_arch="i386",
     qemu="qemu-system-i386",
     machine="pc",
-    cpu="Westmere",
+    cpu="coreduo",
     image="arch/x86/boot/bzImage",
     fragments=("i386.config", "i386-nopae.config"),
     debian_arch="i386",

@@ -152,9 +152,56 @@ def run_probe(qemu: str, accel: str, cpu: str, deadline: float = PROBE_DEADLINE)
         return f"the probe guest exited {proc.returncode}: {last[0][:160]}"
 
 
+KERNEL_PROBE_DEADLINE = 30.0
+READY_MARKER = b"CPA-HARNESS-READY"
+
+
+def run_kernel_probe(arch: Arch, accel: str, cpu: str, kernel: Path, initrd: Path,
+                     deadline: float = KERNEL_PROBE_DEADLINE) -> str | None:
+    """None when `kernel` boots to the guest init's ready marker under `accel`.
+
+    Seen on this project's hosts: KVM runs real-mode firmware, then hangs for
+    good once the kernel's setup code leaves real mode. Only a real kernel
+    reaching user space proves the accelerator works.
+    """
+    p = QemuParams(arch=arch, accel=accel, cpu=cpu, memory_mb=512, smp=1, cmdline="",
+                   kernel=kernel, initrd=initrd)
+    argv = qemu_argv(p)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=die_with_parent)
+    assert proc.stdout is not None
+    seen = b""
+    end = time.monotonic() + deadline
+    try:
+        os.set_blocking(proc.stdout.fileno(), False)
+        while time.monotonic() < end:
+            chunk = proc.stdout.read(65536)
+            if chunk:
+                seen = (seen + chunk)[-65536:]
+                if READY_MARKER in seen:
+                    return None
+            elif proc.poll() is not None:
+                last = [ln for ln in seen.decode(errors="replace").splitlines() if ln.strip()]
+                return f"the guest exited {proc.returncode}: {(last or [''])[-1][:160]}"
+            else:
+                time.sleep(0.1)
+        lines = [ln for ln in seen.decode(errors="replace").splitlines() if ln.strip()]
+        return (f"the kernel did not reach user space in {deadline:.0f}s (last output: "
+                f"{(lines or ['none'])[-1][:100]!r})")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def choose_accel(arch: Arch, cpu: str, cache: Path, want: str = "auto",
-                 refresh: bool = False) -> AccelChoice:
-    """KVM if it really runs guest code with this CPU model, else TCG, remembered per host."""
+                 refresh: bool = False, kernel: Path | None = None,
+                 initrd: Path | None = None) -> AccelChoice:
+    """KVM if it really runs guest code with this CPU model, else TCG, remembered per host.
+
+    Without a kernel to boot only the firmware probe runs, and its answer is
+    not remembered: it cannot prove that a kernel will run.
+    """
     if want == "tcg":
         return AccelChoice("tcg", "TCG requested")
     memo = cache / "accel.json"
@@ -167,7 +214,9 @@ def choose_accel(arch: Arch, cpu: str, cache: Path, want: str = "auto",
         entry = known[key]
         choice = AccelChoice(entry["accel"], entry["reason"] + " (remembered)")
     else:
-        choice = _probe_kvm(arch.qemu, cpu)
+        choice = _probe_kvm(arch, cpu, kernel, initrd)
+        if kernel is None and choice.accel == "kvm":
+            return choice
         known[key] = {"accel": choice.accel, "reason": choice.reason, "when": time.time()}
         memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_name(f"accel.json.tmp{os.getpid()}")
@@ -179,7 +228,8 @@ def choose_accel(arch: Arch, cpu: str, cache: Path, want: str = "auto",
     return choice
 
 
-def _probe_kvm(qemu: str, cpu: str) -> AccelChoice:
+def _probe_kvm(arch: Arch, cpu: str, kernel: Path | None, initrd: Path | None) -> AccelChoice:
+    qemu = arch.qemu
     if not os.path.exists("/dev/kvm"):
         return AccelChoice("tcg", "no /dev/kvm; using TCG")
     try:
@@ -192,4 +242,11 @@ def _probe_kvm(qemu: str, cpu: str) -> AccelChoice:
     if problem:
         return AccelChoice("tcg", f"KVM probe with -cpu {kvm_cpu} failed ({problem}); "
                                   "using TCG")
-    return AccelChoice("kvm", f"KVM ran the probe guest with -cpu {kvm_cpu}")
+    if kernel is None or initrd is None:
+        return AccelChoice("kvm", f"KVM ran the firmware probe with -cpu {kvm_cpu}; a kernel "
+                                  "boot will confirm it")
+    problem = run_kernel_probe(arch, "kvm", cpu, kernel, initrd)
+    if problem:
+        return AccelChoice("tcg", f"KVM runs firmware but not a kernel with -cpu {cpu} "
+                                  f"({problem}); using TCG")
+    return AccelChoice("kvm", f"KVM booted the kernel to user space with -cpu {cpu}")

@@ -136,7 +136,8 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
             akey = (arch.qemu, cell.cpu_model)
             if akey not in accels:
                 try:
-                    accels[akey] = qemu.choose_accel(arch, cell.cpu_model, cache, opts.accel)
+                    accels[akey] = qemu.choose_accel(arch, cell.cpu_model, cache, opts.accel,
+                                                     kernel=got.image, initrd=img)
                     out.write(f"accelerator for {arch.qemu} -cpu {cell.cpu_model}: "
                               f"{accels[akey].accel} ({accels[akey].reason})\n")  # type: ignore
                 except HarnessError as e:

@@ -1,0 +1,106 @@
+"""The smoke matrix for real: Debian's kernel source, three builds, four boots.
+
+These tests build real kernels and boot them in QEMU (TCG here); they take
+minutes, and the builds are cached for every later test and run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import build as kbuild
+from harness import paths, source
+from harness.arches import get_arch
+from harness.cells import KERNEL_FRAGMENTS
+from harness.cli import main
+
+pytestmark = pytest.mark.boot
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
+    out = tmp_path_factory.mktemp("smoke")
+    code = main(["run", "--out", str(out)])
+    return code, out
+
+
+def cell(out: Path, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "cells" / name / "result.json").read_text())
+    return data
+
+
+def test_run_passes(smoke: tuple[int, Path]) -> None:
+    code, out = smoke
+    summary = json.loads((out / "summary.json").read_text())
+    verdicts = {c["name"]: (c["verdict"], c["reason"]) for c in summary["cells"]}
+    assert verdicts == {n: ("pass", "") for n in
+                        ("x86_64-gbpages", "x86_64-debug-pagealloc", "i386-pae", "i386")}
+    assert code == 0 and summary["exit_code"] == 0
+    assert (out / "junit.xml").exists()
+
+
+@pytest.mark.parametrize("name", ["x86_64-gbpages", "x86_64-debug-pagealloc", "i386-pae", "i386"])
+def test_each_cell_ran_the_selftest(smoke: tuple[int, Path], name: str) -> None:
+    r = cell(smoke[1], name)
+    assert r["accel"] in ("kvm", "tcg") and r["accel_reason"]
+    assert r["source_id"].startswith("tarball:linux-source-6.12")
+    assert r["kernel_version"].startswith("6.12")
+    first = r["cpa_selftest"][0]
+    assert first["result"] == "pass"
+    assert len(first["splits"]) == 3
+    # the self-test split something: large pages before, 4k entries after
+    assert first["splits"][0]["large"] > 0 or first["splits"][0]["gb"] > 0
+    assert first["splits"][-1]["4k"] > 0
+    assert r["periods_watched"] == 1
+    log = Path(r["serial_log"]).read_text(errors="replace")
+    assert "CPA self-test:" in log and "CPA-HARNESS-READY" in log
+
+
+def test_gbpages_cell_uses_gb_pages(smoke: tuple[int, Path]) -> None:
+    r = cell(smoke[1], "x86_64-gbpages")
+    assert r["gbpages"] is True
+    assert r["direct_map"]["1G"] > 0
+    assert any(s["gb"] > 0 for s in r["cpa_selftest"][0]["splits"])
+    assert "direct_map_level3_splits" in r["vmstat"]
+
+
+def test_debug_pagealloc_cell_is_all_4k(smoke: tuple[int, Path]) -> None:
+    r = cell(smoke[1], "x86_64-debug-pagealloc")
+    assert r["debug_pagealloc"] is True
+    dm = r["direct_map"]
+    assert dm["4k"] > 0 and dm.get("2M", 0) == 0 and dm.get("1G", 0) == 0
+
+
+def test_i386_direct_maps(smoke: tuple[int, Path]) -> None:
+    assert cell(smoke[1], "i386")["direct_map"].get("4M", 0) > 0     # two-level tables
+    assert cell(smoke[1], "i386-pae")["direct_map"].get("2M", 0) > 0
+
+
+def test_known_issue_is_shown_not_hidden(smoke: tuple[int, Path]) -> None:
+    r = cell(smoke[1], "x86_64-gbpages")
+    known = [f for f in r["failures"] if f["known"]]
+    assert [(f["kind"], f["title"]) for f in known] == [("warning", "WARNING in verify_rwx")]
+    assert not [f for f in r["failures"] if not f["known"]]
+
+
+def test_strict_fails_on_the_known_warning(tmp_path: Path) -> None:
+    """Without the known-issues list the same kernel fails: the harness does see it."""
+    code = main(["run", "--cell", "x86_64-gbpages", "--strict", "--periods", "0",
+                 "--out", str(tmp_path)])
+    assert code == 1
+    r = cell(tmp_path, "x86_64-gbpages")
+    assert r["verdict"] == "fail"
+    assert r["reason"] == "warning: WARNING in verify_rwx"
+
+
+def test_repeated_build_does_no_kernel_work(smoke: tuple[int, Path]) -> None:
+    arch = get_arch("i386")
+    src = source.resolve(None, paths.cache_dir())
+    req = kbuild.BuildRequest(src, arch, kbuild.fragments_for(arch, list(KERNEL_FRAGMENTS["i386"])))
+    b = kbuild.build(req, paths.cache_dir())
+    assert b.cached
+    assert b.image.exists()
