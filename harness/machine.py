@@ -85,7 +85,7 @@ class _Tee:
 
 class Machine:
     def __init__(self, params: QemuParams, serial_log: Path,
-                 is_fatal: Callable[[Failure], bool] = lambda f: True) -> None:
+                 is_fatal: Callable[[Failure, str | None], bool] = lambda f, k: True) -> None:
         self.params = params
         self.serial_log = serial_log
         self.parser = ConsoleParser()
@@ -103,7 +103,7 @@ class Machine:
     def start(self) -> None:
         argv = qemu_argv(self.params)
         self.serial_log.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.serial_log, "ab")
+        self._log = open(self.serial_log, "wb")
         try:
             self.child = pexpect.spawn(argv[0], argv[1:], timeout=None, echo=False,
                                        preexec_fn=die_with_parent,
@@ -145,8 +145,13 @@ class Machine:
         for ev in events:
             if isinstance(ev, FailureFound):
                 self.failures.append(ev.failure)
-                if self.pending_fatal is None and self.is_fatal(ev.failure):
+                if self.pending_fatal is None and self.is_fatal(ev.failure, self.kernel()):
                     self.pending_fatal = ev.failure
+
+    def kernel(self) -> str | None:
+        """The version of the kernel now running, from its banner."""
+        boots = self.parser.analysis.to_json()["boots"]
+        return boots[-1].get("kernel") if boots else None
 
     def _check_fatal(self) -> None:
         if self.pending_fatal is not None:
@@ -199,7 +204,7 @@ class Machine:
         """
         assert self.child is not None
         n = next(self._seq)
-        self.child.send(f"echo '@@CPA''-{n}-BEGIN@@'; {command}; echo \"@@CPA''-{n}-END-$?@@\"\r"
+        self.child.send(f"echo '@@CPA''-{n}-BEGIN@@'; {command}; echo \"@@CPA\"\"-{n}-END-$?@@\"\r"
                         .encode())
         end = re.compile(rf"@@CPA-{n}-END-(\d+)@@".encode())
         self.wait_for(re.compile(rf"@@CPA-{n}-BEGIN@@".encode()), timeout,

@@ -71,10 +71,9 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
     serial = ctx.cell_dir / "serial.log"
     res.serial_log = str(serial)
     t = Timeouts.for_accel(ctx.accel.accel)
-    version: list[str | None] = [None]
 
-    def is_fatal(f: Any) -> bool:
-        return _known(ctx.known, f.kind, f.title, version[0], cell.arch) is None
+    def is_fatal(f: Any, kernel: str | None) -> bool:
+        return _known(ctx.known, f.kind, f.title, kernel, cell.arch) is None
 
     m = Machine(params, serial, is_fatal=is_fatal)
     start = time.monotonic()
@@ -83,7 +82,6 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         ready = m.wait_for(READY_RE, t.boot, "ready marker from the guest's init")
         res.boot_id = ready.group(1).decode()
         res.durations["boot_to_ready"] = time.monotonic() - start
-        version[0] = _boot(m).get("kernel")
         m.wait_until(lambda: bool(_passes(m)), t.first_pass, "CPA self-test verdict")
         res.durations["to_first_pass"] = time.monotonic() - start
         for _ in range(cell.periods):
@@ -100,6 +98,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         res.verdict, res.reason = Verdict.FAIL, f"{e.failure.kind}: {e.failure.title}"
     except GuestHang as e:
         res.verdict, res.reason = Verdict.FAIL, f"hang: {e}"
+        res.failures.append(FailureRecord(kind="hang", title=f"hang: {e}", line=0, boot=0))
     except GuestExited as e:
         res.verdict, res.reason = Verdict.FAIL, str(e)   # refined below from the analysis
     except HarnessError as e:
