@@ -242,4 +242,4 @@ class Machine:
         """The guest is gone: complete the analysis and return its JSON document."""
         self.kill()
         analysis = self.parser.finish()
-        return analysis.to_json()  # type: ignore[no-any-return]
+        return analysis.to_json()
