@@ -41,7 +41,9 @@ if ((${#missing[@]})); then
 fi
 
 for p in "${GUEST_CHECK[@]}"; do
-    if ! apt-cache policy "$p" 2>/dev/null | grep -q "Candidate: [0-9]"; then
+    # (no pipe into grep -q: with pipefail, its early exit fails apt-cache)
+    policy=$(apt-cache policy "$p" 2>/dev/null || true)
+    if [[ "$policy" != *"Candidate: "[0-9]* ]]; then
         echo "setup: error: Debian package $p is not available: check the apt sources" \
              "and run apt-get update" >&2
         exit 3
@@ -56,8 +58,12 @@ fi
 if ! .venv/bin/python -c "import harness, paramiko, pexpect, elftools, pytest, hypothesis" \
         2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
     say "installing the harness and its Python dependencies into .venv"
-    .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e '.[test]'
+    if ! { .venv/bin/pip install -q --upgrade pip &&
+           .venv/bin/pip install -q -e '.[test]'; } >/tmp/cpa-harness-pip.log 2>&1; then
+        tail -20 /tmp/cpa-harness-pip.log
+        echo "setup: error: pip install failed (log: /tmp/cpa-harness-pip.log)" >&2
+        exit 3
+    fi
     touch .venv/.installed
 fi
 say "ready"

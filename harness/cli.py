@@ -21,7 +21,7 @@ from types import FrameType
 from harness import __version__, known_issues, paths
 from harness.arches import ARCHES
 from harness.cells import KERNEL_FRAGMENTS, SMOKE, Cell, Expect
-from harness.errors import HarnessError, UserError
+from harness.errors import BuildError, HarnessError, UserError
 from harness.results import EXIT_INTERRUPTED, print_table, run_exit_code
 
 
@@ -181,6 +181,8 @@ def main(argv: list[str]) -> int:
             return int(main_parse(args.log, args.json, args.vmlinux, sys.stdout))
     except HarnessError as e:
         sys.stderr.write(f"cpa-harness: error: {e.line()}\n")
+        if isinstance(e, BuildError) and e.errors:
+            sys.stderr.write("".join(f"  {line}\n" for line in e.errors))
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("cpa-harness: interrupted; finished cells are kept\n")

@@ -34,6 +34,15 @@ def _header(name: str) -> bool:
     return any(Path(d, name).exists() for d in ("/usr/include", "/usr/include/x86_64-linux-gnu"))
 
 
+def _latest_kernel(cache: Path, arch: str) -> tuple[Path | None, Path | None]:
+    """The newest cached kernel and initramfs of an arch: the accelerator probe boots them."""
+    def newest(paths: list[Path]) -> Path | None:
+        return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
+    kernel = newest([p for p in cache.glob(f"builds/{arch}-*/arch/x86/boot/bzImage")])
+    initrd = newest(list(cache.glob(f"initramfs/{arch}-*.cpio")))
+    return (kernel, initrd) if kernel and initrd else (None, None)
+
+
 def doctor(cache: Path, tree: str | None, out: TextIO, refresh: bool = True) -> int:
     problems = 0
 
@@ -59,8 +68,10 @@ def doctor(cache: Path, tree: str | None, out: TextIO, refresh: bool = True) -> 
         if tcg:
             bad(f"TCG cannot run the probe guest on {arch.qemu}: {tcg}",
                 "reinstall qemu-system-x86")
+        kernel, initrd = _latest_kernel(cache, arch.name)
         try:
-            choice = qemu.choose_accel(arch, arch.cpu, cache, refresh=refresh)
+            choice = qemu.choose_accel(arch, arch.cpu, cache, refresh=refresh, kernel=kernel,
+                                       initrd=initrd)
         except HarnessError as e:
             bad(f"accelerator probe for {arch.qemu}", e.line())
             continue
