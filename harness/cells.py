@@ -58,3 +58,13 @@ SMOKE: tuple[Cell, ...] = (
     Cell("i386", "i386", KERNEL_FRAGMENTS["i386"], memory_mb=1024,
          expect=Expect(debug_pagealloc=False)),
 )
+
+# Provoke each kind of kernel failure through LKDTM and check the harness names
+# it (not in the default run: `cpa-harness run --cell 'selfcheck-*'`).
+SELFCHECK: tuple[Cell, ...] = (
+    Cell("selfcheck-x86_64", "x86_64", KERNEL_FRAGMENTS["x86_64"], cpu="max", memory_mb=1024,
+         scenario="selfcheck"),
+    Cell("selfcheck-i386", "i386-pae", KERNEL_FRAGMENTS["i386-pae"], memory_mb=1024,
+         scenario="selfcheck"),
+)
+ALL_CELLS: tuple[Cell, ...] = SMOKE + SELFCHECK

@@ -20,7 +20,7 @@ from types import FrameType
 
 from harness import __version__, known_issues, paths
 from harness.arches import ARCHES
-from harness.cells import KERNEL_FRAGMENTS, SMOKE, Cell, Expect
+from harness.cells import ALL_CELLS, KERNEL_FRAGMENTS, SMOKE, Cell, Expect
 from harness.errors import BuildError, HarnessError, UserError
 from harness.results import EXIT_INTERRUPTED, print_table, run_exit_code
 
@@ -94,13 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _select(cells: tuple[Cell, ...], patterns: list[str]) -> list[Cell]:
+def _select(patterns: list[str]) -> list[Cell]:
+    """The smoke matrix by default; --cell patterns choose among all cells."""
     if not patterns:
-        return list(cells)
-    chosen = [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+        return list(SMOKE)
+    chosen = [c for c in ALL_CELLS if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
     if not chosen:
         raise UserError(f"no cell matches {' '.join(patterns)}",
-                        f"cells: {', '.join(c.name for c in cells)}")
+                        f"cells: {', '.join(c.name for c in ALL_CELLS)}")
     return chosen
 
 
@@ -159,7 +160,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            cells = _select(SMOKE, args.cell)
+            cells = _select(args.cell)
             if args.list:
                 print("\n".join(c.name for c in cells))
                 return 0

@@ -81,6 +81,7 @@ class CellResult:
     vmstat: dict[str, int] = field(default_factory=dict)
     failures: list[FailureRecord] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
+    selfcheck: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from harness.errors import BuildError, HarnessError
 from harness.known_issues import KnownIssue
 from harness.machine import kill_all
 from harness.results import CellResult, Verdict, write_cell, write_summary
-from harness.scenarios import cpa
+from harness.scenarios import cpa, selfcheck
 
 
 @dataclass
@@ -53,7 +53,8 @@ def _build_key(cell: Cell, opts: RunOptions) -> tuple[str, tuple[str, ...], tupl
 
 
 def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
-              out: TextIO = sys.stdout) -> list[CellResult]:
+              out: TextIO | None = None) -> list[CellResult]:
+    out = out or sys.stdout   # looked up now: sys.stdout may have been replaced
     results = {c.name: CellResult(name=c.name, arch=c.arch) for c in cells}
     meta = {"started": time.time(), "host": platform.node(), "tree": opts.tree or "debian",
             "cells_requested": [c.name for c in cells], "interrupted": False}
@@ -165,6 +166,12 @@ def _error_result(cell: Cell, e: HarnessError) -> CellResult:
     return CellResult(name=cell.name, arch=cell.arch, verdict=verdict, reason=reason)
 
 
+SCENARIOS: dict[str, Callable[[Cell, cpa.CellContext], CellResult]] = {
+    "cpa": cpa.run,
+    "selfcheck": selfcheck.run,
+}
+
+
 def _run_one(cell: Cell, ctx: cpa.CellContext) -> CellResult:
     ctx.cell_dir.mkdir(parents=True, exist_ok=True)
-    return cpa.run(cell, ctx)
+    return SCENARIOS[cell.scenario](cell, ctx)

@@ -1,0 +1,134 @@
+"""The selfcheck scenario: provoke each kind of kernel failure, check the harness names it.
+
+A harness that misses a failure calls a broken kernel good. So a nightly run
+proves its own eyes work: for each provocation it boots the kernel, triggers
+one failure through LKDTM (/sys/kernel/debug/provoke-crash/DIRECT), and checks
+that the console analysis reports a failure of the expected kind after the
+trigger -- and nothing that was not there before it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from harness.cells import Cell
+from harness.errors import HarnessError
+from harness.machine import READY_RE, GuestExited, GuestHang, Machine
+from harness.qemu import QemuParams, show_command
+from harness.results import CellResult, Verdict
+from harness.scenarios.cpa import CellContext, Timeouts
+
+DIRECT = "/sys/kernel/debug/provoke-crash/DIRECT"
+TRIGGER_RE = re.compile(rb"lkdtm: Performing direct entry (\w+)")
+
+
+@dataclass(frozen=True)
+class Provocation:
+    crash: str                  # the LKDTM crash type
+    kind: str                   # the failure kind the analysis must report
+    setup: tuple[str, ...] = ()  # shell commands before the trigger
+    cmdline: str = ""           # added to the cell's kernel command line
+    wait: float = 60.0          # seconds after the trigger for the report to complete
+
+
+PROVOCATIONS: tuple[Provocation, ...] = (
+    Provocation("WARNING", "warning"),
+    Provocation("BUG", "bug"),
+    Provocation("EXCEPTION", "null_deref"),
+    Provocation("WRITE_RO", "page_fault"),
+    # debug_pagealloc unmaps a freed page from the direct map: a write to it faults.
+    Provocation("WRITE_BUDDY_AFTER_FREE", "page_fault", cmdline="debug_pagealloc=on"),
+    Provocation("CORRUPT_LIST_ADD", "list_corruption"),
+    # watchdog_thresh 2: a soft lockup is reported after 4 s, a hard one after 2 s.
+    Provocation("SOFTLOCKUP", "soft_lockup", setup=("echo 2 > /proc/sys/kernel/watchdog_thresh",),
+                wait=120),
+    Provocation("HARDLOCKUP", "hard_lockup", setup=("echo 2 > /proc/sys/kernel/watchdog_thresh",),
+                wait=120),
+    Provocation("HUNG_TASK", "hung_task",
+                setup=("echo 3 > /proc/sys/kernel/hung_task_timeout_secs",), wait=120),
+    Provocation("PANIC", "panic"),
+)
+
+
+def _failures_after(m: Machine, line: int) -> list[dict[str, Any]]:
+    boots = m.parser.analysis.to_json()["boots"]
+    return [f for b in boots for f in b.get("failures", []) if f.get("line", 0) > line]
+
+
+def provoke(p: Provocation, cell: Cell, ctx: CellContext, t: Timeouts) -> dict[str, Any]:
+    """One boot, one trigger; what the analysis reported after it."""
+    params = QemuParams(arch=cell.arch_params, accel=ctx.accel.accel, cpu=cell.cpu_model,
+                        memory_mb=cell.memory_mb, smp=cell.smp,
+                        cmdline=f"{cell.cmdline} {p.cmdline}".strip(),
+                        kernel=ctx.build.image, initrd=ctx.initrd)
+    serial = ctx.cell_dir / f"{p.crash.lower()}.log"
+    check: dict[str, Any] = {"crash": p.crash, "expected_kind": p.kind, "serial_log": str(serial),
+                             "qemu_command": show_command(params), "found": [], "result": "missed"}
+    m = Machine(params, serial, is_fatal=lambda f, k: False)
+    start = time.monotonic()
+    try:
+        m.start()
+        m.wait_for(READY_RE, t.boot, "ready marker from the guest's init")
+        for cmd in p.setup:
+            status, out = m.run(cmd, t.command)
+            if status != 0:
+                check["result"] = "setup-failed"
+                check["reason"] = f"{cmd!r} exited {status}: {out[-200:]}"
+                return check
+        status, out = m.run(f"test -w {DIRECT}", t.command)
+        if status != 0:
+            check["result"] = "setup-failed"
+            check["reason"] = f"{DIRECT} is missing: the kernel lacks LKDTM or debugfs"
+            return check
+        m.child.send(f"echo {p.crash} > {DIRECT}\r".encode())  # type: ignore[union-attr]
+        m.wait_for(TRIGGER_RE, t.command, f"LKDTM announcing {p.crash}")
+        trigger = m.parser.analysis.lines
+        check["trigger_line"] = trigger
+        try:
+            m.wait_until(lambda: any(f["kind"] == p.kind for f in _failures_after(m, trigger)),
+                         p.wait, f"a {p.kind} report")
+        except (GuestHang, GuestExited):
+            pass
+    except (GuestHang, GuestExited) as e:
+        check["result"] = "no-trigger"
+        check["reason"] = str(e)
+    except HarnessError as e:
+        check["result"] = "error"
+        check["reason"] = e.line()
+    finally:
+        doc = m.finish()
+        check["seconds"] = round(time.monotonic() - start, 1)
+    found = [f for b in doc.get("boots", []) for f in b.get("failures", [])
+             if f.get("line", 0) > check.get("trigger_line", 1 << 62)]
+    check["found"] = [{"kind": f["kind"], "title": f["title"], "line": f["line"]} for f in found]
+    if check["result"] == "missed" and any(f["kind"] == p.kind for f in found):
+        check["result"] = "caught"
+    return check
+
+
+def run(cell: Cell, ctx: CellContext) -> CellResult:
+    res = CellResult(name=cell.name, arch=cell.arch, scenario="selfcheck",
+                     accel=ctx.accel.accel, accel_reason=ctx.accel.reason, cpu=cell.cpu_model,
+                     memory_mb=cell.memory_mb, smp=cell.smp, source_id=ctx.build.source_id,
+                     build_dir=str(ctx.build.dir), build_cached=ctx.build.cached,
+                     config_hash=ctx.build.config_hash, cmdline=cell.cmdline)
+    t = Timeouts.for_accel(ctx.accel.accel)
+    start = time.monotonic()
+    for p in PROVOCATIONS:
+        res.selfcheck.append(provoke(p, cell, ctx, t))
+    res.durations["total"] = time.monotonic() - start
+    bad = [c for c in res.selfcheck if c["result"] != "caught"]
+    if not bad:
+        res.verdict = Verdict.PASS
+    elif all(c["result"] in ("missed", "no-trigger") for c in bad):
+        # The harness did not see what the kernel was made to do: its eyes fail.
+        res.verdict = Verdict.FAIL
+    else:
+        res.verdict = Verdict.INFRA_ERROR
+    res.reason = "; ".join(
+        f"{c['crash']}: {c['result']} (expected {c['expected_kind']}, found "
+        f"{', '.join(f['kind'] for f in c['found']) or 'nothing'})" for c in bad)
+    return res
