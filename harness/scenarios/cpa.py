@@ -99,8 +99,10 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
     except GuestHang as e:
         res.verdict, res.reason = Verdict.FAIL, f"hang: {e}"
         res.failures.append(FailureRecord(kind="hang", title=f"hang: {e}", line=0, boot=0))
-    except GuestExited as e:
-        res.verdict, res.reason = Verdict.FAIL, str(e)   # refined below from the analysis
+    except (GuestExited, OSError) as e:
+        # QEMU went away (EOF, or EIO writing to its terminal): the analysis
+        # below tells a kernel that died from a QEMU that did.
+        res.verdict, res.reason = Verdict.FAIL, f"QEMU ended early: {e}"
     except HarnessError as e:
         res.verdict = Verdict.USER_ERROR if e.exit_code == 2 else Verdict.INFRA_ERROR
         res.reason = e.line()

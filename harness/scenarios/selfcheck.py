@@ -90,9 +90,9 @@ def provoke(p: Provocation, cell: Cell, ctx: CellContext, t: Timeouts) -> dict[s
         try:
             m.wait_until(lambda: any(f["kind"] == p.kind for f in _failures_after(m, trigger)),
                          p.wait, f"a {p.kind} report")
-        except (GuestHang, GuestExited):
-            pass
-    except (GuestHang, GuestExited) as e:
+        except (GuestHang, GuestExited, OSError):
+            pass    # judged below from what the analysis found
+    except (GuestHang, GuestExited, OSError) as e:
         check["result"] = "no-trigger"
         check["reason"] = str(e)
     except HarnessError as e:

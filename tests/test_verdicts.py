@@ -1,0 +1,103 @@
+"""Cell verdicts from real analyses: the strongest finding decides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from harness import known_issues
+from harness.cells import SMOKE, Cell
+from harness.paths import KNOWN_ISSUES
+from harness.results import CellResult, Verdict, run_exit_code, write_junit
+from harness.scenarios.cpa import _fill_from_analysis, _judge
+
+LOGS = Path(__file__).parent / "data" / "logs"
+
+
+def analysis(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((LOGS / f"{name}.expected.json").read_text())
+    return doc
+
+
+def cell(name: str) -> Cell:
+    return next(c for c in SMOKE if c.name == name)
+
+
+def judged(name: str, verdict: Verdict = Verdict.PASS, direct_map: dict[str, int] | None = None,
+           strict: bool = False) -> CellResult:
+    doc = analysis(name)
+    c = cell(name)
+    res = CellResult(name=name, arch=c.arch, verdict=verdict)
+    res.direct_map = direct_map if direct_map is not None else {
+        k: v for k, v in doc["boots"][-1]["direct_map"][-1].items() if k != "line" and v is not None}
+    known = [] if strict else known_issues.load(KNOWN_ISSUES)
+    _fill_from_analysis(res, doc, known)
+    _judge(res, c, doc)
+    return res
+
+
+def test_real_smoke_logs_pass_with_the_known_issue() -> None:
+    for name in ("x86_64-gbpages", "x86_64-debug-pagealloc", "i386-pae", "i386"):
+        res = judged(name)
+        assert res.verdict == Verdict.PASS, (name, res.reason)
+
+
+def test_strict_fails_the_x86_64_log() -> None:
+    res = judged("x86_64-gbpages", strict=True)
+    assert (res.verdict, res.reason) == (Verdict.FAIL, "warning: WARNING in verify_rwx")
+
+
+def test_gbpages_expectation_is_checked() -> None:
+    res = judged("x86_64-gbpages", direct_map={"4k": 1000, "2M": 4000})
+    assert res.verdict == Verdict.USER_ERROR
+    assert "GB pages expected" in res.reason
+
+
+def test_all_4k_expectation_is_checked() -> None:
+    res = judged("x86_64-debug-pagealloc", direct_map={"4k": 1000, "2M": 2048})
+    assert res.verdict == Verdict.USER_ERROR and "all 4k" in res.reason
+
+
+def test_no_selftest_pass_fails() -> None:
+    doc = analysis("i386")
+    doc["boots"][0]["cpa_selftest"] = []
+    res = CellResult(name="i386", arch="i386", verdict=Verdict.PASS)
+    _fill_from_analysis(res, doc, [])
+    _judge(res, cell("i386"), doc)
+    assert (res.verdict, res.reason) == (Verdict.FAIL, "no CPA self-test pass completed")
+
+
+def test_failed_pass_fails() -> None:
+    doc = analysis("i386")
+    doc["boots"][0]["cpa_selftest"][0]["result"] = "fail"
+    res = CellResult(name="i386", arch="i386", verdict=Verdict.PASS)
+    _fill_from_analysis(res, doc, [])
+    _judge(res, cell("i386"), doc)
+    assert res.verdict == Verdict.FAIL
+
+
+def test_qemu_dying_before_the_kernel_is_infrastructure() -> None:
+    doc: dict[str, Any] = {"boots": [], "verdict": "incomplete"}
+    res = CellResult(name="i386", arch="i386", verdict=Verdict.FAIL, reason="QEMU ended early")
+    _judge(res, cell("i386"), doc)
+    assert res.verdict == Verdict.INFRA_ERROR
+
+
+def test_exit_code_precedence() -> None:
+    assert run_exit_code([Verdict.PASS, Verdict.PASS]) == 0
+    assert run_exit_code([Verdict.INFRA_ERROR, Verdict.FAIL, Verdict.USER_ERROR]) == 1
+    assert run_exit_code([Verdict.INFRA_ERROR, Verdict.USER_ERROR]) == 2
+    assert run_exit_code([Verdict.PASS, Verdict.INFRA_ERROR]) == 3
+    assert run_exit_code([Verdict.NOT_RUN]) == 3
+
+
+def test_junit_lists_the_failure(tmp_path: Path) -> None:
+    res = judged("x86_64-gbpages", strict=True)
+    res.build_dir, res.boot_id = "/b", "id"
+    write_junit(tmp_path / "j.xml", [res])
+    suite = ET.parse(tmp_path / "j.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "1"
+    failure = suite.find("testcase[@name='no kernel failures']/failure")
+    assert failure is not None and "WARNING in verify_rwx" in failure.get("message", "")
