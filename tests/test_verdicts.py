@@ -30,8 +30,9 @@ def judged(name: str, verdict: Verdict = Verdict.PASS, direct_map: dict[str, int
     doc = analysis(name)
     c = cell(name)
     res = CellResult(name=name, arch=c.arch, verdict=verdict)
+    last = doc["boots"][-1]["direct_map"][-1]
     res.direct_map = direct_map if direct_map is not None else {
-        k: v for k, v in doc["boots"][-1]["direct_map"][-1].items() if k != "line" and v is not None}
+        k: v for k, v in last.items() if k != "line" and v is not None}
     known = [] if strict else known_issues.load(KNOWN_ISSUES)
     _fill_from_analysis(res, doc, known)
     _judge(res, c, doc)
