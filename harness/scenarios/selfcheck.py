@@ -42,11 +42,11 @@ PROVOCATIONS: tuple[Provocation, ...] = (
     # debug_pagealloc unmaps a freed page from the direct map: a write to it faults.
     Provocation("WRITE_BUDDY_AFTER_FREE", "page_fault", cmdline="debug_pagealloc=on"),
     Provocation("CORRUPT_LIST_ADD", "list_corruption"),
-    # watchdog_thresh 2: a soft lockup is reported after 4 s, a hard one after 2 s.
+    # watchdog_thresh 2: a soft lockup is reported after 4 s.
     Provocation("SOFTLOCKUP", "soft_lockup", setup=("echo 2 > /proc/sys/kernel/watchdog_thresh",),
                 wait=120),
-    Provocation("HARDLOCKUP", "hard_lockup", setup=("echo 2 > /proc/sys/kernel/watchdog_thresh",),
-                wait=120),
+    # HARDLOCKUP is left out: under TCG the buddy detector reported nothing within
+    # 95 s (nmi_watchdog 1, watchdog_thresh 10), so it would test QEMU, not us.
     Provocation("HUNG_TASK", "hung_task",
                 setup=("echo 3 > /proc/sys/kernel/hung_task_timeout_secs",), wait=120),
     Provocation("PANIC", "panic"),
@@ -83,10 +83,12 @@ def provoke(p: Provocation, cell: Cell, ctx: CellContext, t: Timeouts) -> dict[s
             check["result"] = "setup-failed"
             check["reason"] = f"{DIRECT} is missing: the kernel lacks LKDTM or debugfs"
             return check
-        m.child.send(f"echo {p.crash} > {DIRECT}\r".encode())  # type: ignore[union-attr]
-        m.wait_for(TRIGGER_RE, t.command, f"LKDTM announcing {p.crash}")
+        # Everything the console prints from here on is the provocation's: its
+        # report can arrive in the same read as LKDTM's announcement.
         trigger = m.parser.analysis.lines
         check["trigger_line"] = trigger
+        m.child.send(f"echo {p.crash} > {DIRECT}\r".encode())  # type: ignore[union-attr]
+        m.wait_for(TRIGGER_RE, t.command, f"LKDTM announcing {p.crash}")
         try:
             m.wait_until(lambda: any(f["kind"] == p.kind for f in _failures_after(m, trigger)),
                          p.wait, f"a {p.kind} report")
