@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from harness import __version__, known_issues, paths
+from harness import __version__, known_issues, paths, source
 from harness.arches import ARCHES
 from harness.cells import ALL_CELLS, KERNEL_FRAGMENTS, SMOKE, Cell, Expect
 from harness.errors import BuildError, HarnessError, UserError
@@ -39,6 +39,9 @@ def _add_source(p: argparse.ArgumentParser) -> None:
                    help="extra Kconfig fragment: a shipped name or a file (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="CONFIG_X=y",
                    help="one extra Kconfig option (repeatable)")
+    p.add_argument("--patch", action="append", default=[], metavar="FILE|DIR",
+                   help="apply a patch (or a directory holding a series) to a copy of "
+                        "the source before building (repeatable)")
     p.add_argument("--make-jobs", type=int, default=0, metavar="N",
                    help="make -j for kernel builds (default: number of CPUs)")
 
@@ -120,7 +123,9 @@ def _do_run(args: argparse.Namespace, cells: list[Cell]) -> int:
     for f in args.fragment:
         from harness.kconfig import fragment_path
         fragment_path(f)   # an unknown fragment is a user error before any work
-    opts = RunOptions(tree=args.tree, extra_fragments=tuple(args.fragment),
+    source.patch_files(args.patch)   # a missing patch is a user error before any work
+    opts = RunOptions(tree=args.tree, patches=tuple(args.patch),
+                      extra_fragments=tuple(args.fragment),
                       sets=tuple(args.set), accel=args.accel, jobs=args.jobs,
                       make_jobs=args.make_jobs, known=known, periods=args.periods,
                       show_command=args.show_command)
@@ -142,11 +147,12 @@ def _do_run(args: argparse.Namespace, cells: list[Cell]) -> int:
 
 
 def _do_build(args: argparse.Namespace) -> int:
-    from harness import build, source
+    from harness import build
     from harness.arches import get_arch
 
     arch = get_arch(args.arch)
-    src = source.resolve(args.tree, paths.cache_dir())
+    src = source.with_patches(source.resolve(args.tree, paths.cache_dir()),
+                              source.patch_files(args.patch), paths.cache_dir())
     names = [*KERNEL_FRAGMENTS[arch.name], *args.fragment]
     req = build.BuildRequest(src, arch, build.fragments_for(arch, names), tuple(args.set),
                              **({"jobs": args.make_jobs} if args.make_jobs else {}))

@@ -79,6 +79,7 @@ class CellResult:
     periods_watched: int = 0
     direct_map: dict[str, int] = field(default_factory=dict)
     vmstat: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)     # snapshots and their delta
     failures: list[FailureRecord] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
     selfcheck: list[dict[str, Any]] = field(default_factory=list)

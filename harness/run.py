@@ -30,6 +30,7 @@ from harness.scenarios import cpa, selfcheck
 @dataclass
 class RunOptions:
     tree: str | None = None
+    patches: tuple[str, ...] = ()
     extra_fragments: tuple[str, ...] = ()
     sets: tuple[str, ...] = ()
     accel: str = "auto"
@@ -67,7 +68,8 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
         out.flush()
 
     try:
-        src = source.resolve(opts.tree, cache)
+        src = source.with_patches(source.resolve(opts.tree, cache),
+                                  source.patch_files(list(opts.patches)), cache)
         meta["source_id"] = src.id
         meta["kernel_version"] = src.version
         out.write(f"source: {src.id} ({src.version})\n")

@@ -153,3 +153,68 @@ def _unpack(tarball: Path, dest: Path) -> None:
 
 def resolve(tree: str | None, cache: Path) -> Source:
     return from_tree(tree) if tree else from_debian(cache)
+
+
+def patch_files(args: list[str]) -> list[Path]:
+    """--patch arguments: files, or directories holding a series (a `series` file
+    giving the order, else every *.patch and *.diff in name order)."""
+    files: list[Path] = []
+    for a in args:
+        p = Path(a).expanduser()
+        if p.is_dir():
+            series = p / "series"
+            if series.exists():
+                names = [ln.split("#")[0].strip() for ln in series.read_text().splitlines()]
+                files += [p / n for n in names if n]
+            else:
+                files += sorted([*p.glob("*.patch"), *p.glob("*.diff")])
+        else:
+            files.append(p)
+    for f in files:
+        if not f.is_file():
+            raise UserError(f"patch {f} does not exist", "give --patch a patch file or a "
+                                                         "directory holding a series")
+    return files
+
+
+def with_patches(src: Source, patches: list[Path], cache: Path) -> Source:
+    """A copy of `src` with the patches applied, cached by (source, patch contents).
+
+    The id records the patches, so results and build caches tell a patched
+    kernel from the tree it came from.
+    """
+    if not patches:
+        return src
+    digest = hashlib.sha256(src.id.encode())
+    for p in patches:
+        digest.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    tag = digest.hexdigest()[:16]
+    dest = cache / "patched" / tag
+    stamp = dest / ".cpa-harness-patched"
+    tree = dest / "tree"
+    if not stamp.exists():
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        tmp = dest / "tree.tmp"
+        print(f"copying {src.path} to apply {len(patches)} patch(es)", flush=True)
+        r = subprocess.run(["cp", "-a", "--reflink=auto", str(src.path), str(tmp)],
+                           capture_output=True, text=True, timeout=1800)
+        if r.returncode != 0:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise InfraError(f"copying {src.path} failed: {r.stderr.strip()[-200:]}",
+                             f"free space under {cache}")
+        for p in patches:
+            r = subprocess.run(["git", "apply", "--verbose", str(p.resolve())], cwd=tmp,
+                               capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                shutil.rmtree(dest, ignore_errors=True)
+                where = re.search(r"error: (?:patch failed: )?(\S+?)(?::\d+)?: ", r.stderr)
+                raise UserError(f"patch {p} does not apply"
+                                + (f" to {where.group(1)}" if where else "")
+                                + f" in {src.id}",
+                                (r.stderr.strip().splitlines() or ["git apply failed"])[-1])
+        tmp.rename(tree)
+        stamp.write_text("\n".join(str(p) for p in patches) + "\n")
+    key = f"{src.cache_key}-p{tag}" if src.cache_key else None
+    return Source(tree, f"{src.id}+patches:{tag}", src.version, key)

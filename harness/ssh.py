@@ -41,9 +41,11 @@ from harness.errors import InfraError
 # logging still receive them through the root logger.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-# The line guest/init prints for each host key, before CPA-HARNESS-READY.
+# The line guest/init prints for each host key, before CPA-HARNESS-READY. The
+# key must be followed by a space or the line end: matched against a stream
+# (pexpect), the pattern would otherwise match a key cut where the read ended.
 HOSTKEY_RE = re.compile(rb"CPA-HARNESS-HOSTKEY (ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+) "
-                        rb"([A-Za-z0-9+/]+={0,2})")
+                        rb"([A-Za-z0-9+/]+={0,2})(?=\s)")
 HOSTKEY_PREFIX = "CPA-HARNESS-HOSTKEY "
 
 USER = "root"
@@ -122,10 +124,14 @@ def parse_host_key_line(line: str) -> paramiko.PKey:
                          "the guest's init prints 'CPA-HARNESS-HOSTKEY <type> <base64>'")
     try:
         blob = base64.b64decode(fields[1], validate=True)
-        return paramiko.PKey.from_type_string(fields[0], blob)
+        key = paramiko.PKey.from_type_string(fields[0], blob)
+        # paramiko pads a truncated key instead of refusing it
+        if key.asbytes() != blob:
+            raise ValueError("truncated or padded key")
     except (binascii.Error, ValueError, paramiko.SSHException) as e:
         raise InfraError(f"bad host key line from the guest: {line.strip()[:120]!r} ({e})",
                          "the serial console may have mixed a kernel message into it") from None
+    return key
 
 
 def host_key_lines(serial: bytes) -> list[str]:
@@ -245,7 +251,7 @@ class GuestSsh:
                 # Reset, refused, EOF, banner or key exchange timeout: dropbear
                 # is not listening yet, or not answering yet under TCG.
                 client.close()
-                last = f"{type(e).__name__}: {e}".strip()[:200]
+                last = " ".join(f"{type(e).__name__}: {e}".split())[:200]
                 time.sleep(min(RETRY_PAUSE, max(0.0, deadline - time.monotonic())))
                 continue
             self.client = client
@@ -289,9 +295,9 @@ class GuestSsh:
                         and not chan.recv_stderr_ready()
                         and (chan.eof_received or chan.closed)):
                     break
+                if time.monotonic() > deadline:    # also when output never stops
+                    raise SshTimeout(what, timeout)
                 if not busy:
-                    if time.monotonic() > deadline:
-                        raise SshTimeout(what, timeout)
                     if not t.is_active():
                         raise SshLost(f"the ssh connection broke during {what}")
                     time.sleep(POLL)
