@@ -145,7 +145,8 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
         for i, p in enumerate(c.cpa_selftest, 1):
             cases.append((f"cpa_selftest pass {i}",
                           None if p.get("result") == "pass" else f"result {p.get('result')}",
-                          "\n".join(p.get("errors", []))))
+                          "\n".join(e.get("message", "") if isinstance(e, dict) else str(e)
+                                    for e in p.get("errors", []))))
         bad = [f for f in c.failures if not f.known]
         cases.append(("no kernel failures",
                       "; ".join(f"{f.kind}: {f.title}" for f in bad) or None,
