@@ -35,7 +35,7 @@ from harness.arches import ARCHES, get_arch
 from harness.cells import KERNEL_FRAGMENTS, SMOKE
 from harness.cli import main as cli_main
 
-INIT_RE = re.compile(r"\[\s*(\d+\.\d+)\]\s+Run /init as init process")
+INIT_RE = re.compile(r"\[\s*(\d+\.\d+)\](?:\[\s*[TC]\d+\])?\s+Run /init as init process")
 
 
 def request(arch_name: str, sets: tuple[str, ...] = ()) -> kbuild.BuildRequest:
@@ -48,8 +48,11 @@ def request(arch_name: str, sets: tuple[str, ...] = ()) -> kbuild.BuildRequest:
 def noop_make(b: kbuild.Build, req: kbuild.BuildRequest) -> float:
     argv = ["make", "-C", str(req.source.path), f"O={b.dir}", f"ARCH={req.arch.make_arch}",
             f"-j{req.jobs}", req.arch.image.rsplit("/", 1)[-1]]
+    # The harness's own environment: another build user or host changes the
+    # version string, and make would relink instead of doing nothing.
+    env = dict(os.environ, KBUILD_BUILD_USER="cpa-harness", KBUILD_BUILD_HOST="cpa-harness")
     t = time.monotonic()
-    subprocess.run(argv, check=True, capture_output=True)
+    subprocess.run(argv, check=True, capture_output=True, env=env)
     return time.monotonic() - t
 
 

@@ -13,9 +13,10 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO, TypeVar, cast
 
 from harness import build as kbuild
 from harness import initramfs, qemu, source
@@ -102,56 +103,58 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
     return list(results.values())
 
 
+T = TypeVar("T")
+
+
+def _once(memo: dict[Any, Any], key: object, make: Callable[[], T]) -> T:
+    """make() once per key; a failure is remembered too and raised for every cell."""
+    if key not in memo:
+        try:
+            memo[key] = make()
+        except HarnessError as e:
+            memo[key] = e
+    got = memo[key]
+    if isinstance(got, HarnessError):
+        raise got
+    return cast(T, got)
+
+
 def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: Path,
              cache: Path, finish: Callable[[CellResult], None],
              out: TextIO) -> list[tuple[Cell, cpa.CellContext]]:
-    builds: dict[object, kbuild.Build | HarnessError] = {}
-    images: dict[str, Path | HarnessError] = {}
-    accels: dict[tuple[str, str], qemu.AccelChoice | HarnessError] = {}
+    """Builds, guest images and accelerator choices, each made once and shared."""
+    memo: dict[Any, Any] = {}
     runnable = []
+
+    def build(cell: Cell) -> kbuild.Build:
+        _, fragments, sets = _build_key(cell, opts)
+        arch = cell.arch_params
+        req = kbuild.BuildRequest(src, arch, kbuild.fragments_for(arch, list(fragments)), sets,
+                                  **({"jobs": opts.make_jobs} if opts.make_jobs else {}))
+        b = kbuild.build(req, cache, log_dir=run_dir / "builds")
+        out.write(f"build {arch.name}: {'cached' if b.cached else 'built'} in {b.seconds:.1f}s "
+                  f"({b.dir})\n")
+        return b
+
+    def accel(cell: Cell, b: kbuild.Build, img: Path) -> qemu.AccelChoice:
+        arch = cell.arch_params
+        qemu.require_qemu(arch)
+        choice = qemu.choose_accel(arch, cell.cpu_model, cache, opts.accel, kernel=b.image,
+                                   initrd=img)
+        out.write(f"accelerator for {arch.qemu} -cpu {cell.cpu_model}: {choice.accel} "
+                  f"({choice.reason})\n")
+        return choice
+
     for cell in cells:
-        key = _build_key(cell, opts)
         try:
-            arch = cell.arch_params
-            if key not in builds:
-                try:
-                    req = kbuild.BuildRequest(
-                        src, arch, kbuild.fragments_for(arch, list(key[1])), key[2],
-                        **({"jobs": opts.make_jobs} if opts.make_jobs else {}))
-                    b = kbuild.build(req, cache, log_dir=run_dir / "builds")
-                    out.write(f"build {arch.name}: {'cached' if b.cached else 'built'} in "
-                              f"{b.seconds:.1f}s ({b.dir})\n")
-                    builds[key] = b
-                except HarnessError as e:
-                    builds[key] = e
-            got = builds[key]
-            if isinstance(got, HarnessError):
-                raise got
-            if arch.name not in images:
-                try:
-                    images[arch.name] = initramfs.build_initramfs(arch, cache)
-                except HarnessError as e:
-                    images[arch.name] = e
-            img = images[arch.name]
-            if isinstance(img, HarnessError):
-                raise img
-            qemu.require_qemu(arch)
-            akey = (arch.qemu, cell.cpu_model)
-            if akey not in accels:
-                try:
-                    accels[akey] = qemu.choose_accel(arch, cell.cpu_model, cache, opts.accel,
-                                                     kernel=got.image, initrd=img)
-                    out.write(f"accelerator for {arch.qemu} -cpu {cell.cpu_model}: "
-                              f"{accels[akey].accel} ({accels[akey].reason})\n")  # type: ignore
-                except HarnessError as e:
-                    accels[akey] = e
-            acc = accels[akey]
-            if isinstance(acc, HarnessError):
-                raise acc
+            b = _once(memo, ("build", _build_key(cell, opts)), partial(build, cell))
+            img = _once(memo, ("initramfs", cell.arch),
+                        partial(initramfs.build_initramfs, cell.arch_params, cache))
+            acc = _once(memo, ("accel", cell.arch_params.qemu, cell.cpu_model),
+                        partial(accel, cell, b, img))
             if opts.periods is not None:
-                from dataclasses import replace
                 cell = replace(cell, periods=opts.periods)
-            runnable.append((cell, cpa.CellContext(got, img, acc, run_dir / "cells" / cell.name,
+            runnable.append((cell, cpa.CellContext(b, img, acc, run_dir / "cells" / cell.name,
                                                    opts.known)))
         except HarnessError as e:
             finish(_error_result(cell, e))
