@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import kconfig
+from harness import elf, kconfig
 from harness.arches import Arch
 from harness.errors import BuildError, InfraError, UserError
 from harness.proc import die_with_parent, kill_group
@@ -162,7 +162,6 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
         log = bdir / "build.log"
         _make(req, bdir, ["olddefconfig", req.arch.image.rsplit("/", 1)[-1]], log)
         image, vmlinux = bdir / req.arch.image, bdir / "vmlinux"
-        from harness import elf
         elf.check_vmlinux(vmlinux, req.arch,
                           list(CPA_SELFTEST_SYMBOLS) if req.wants_selftest() else [])
         if log_dir:

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from harness import __version__, known_issues, paths, source
+from harness import __version__, kconfig, known_issues, paths, source
 from harness.arches import ARCHES
 from harness.cells import ALL_CELLS, KERNEL_FRAGMENTS, SMOKE, Cell, Expect
 from harness.errors import BuildError, HarnessError, UserError
@@ -121,8 +121,7 @@ def _do_run(args: argparse.Namespace, cells: list[Cell]) -> int:
         raise UserError(f"--periods must be 0 or more, not {args.periods}")
     known = [] if args.strict else known_issues.load(args.known_issues)
     for f in args.fragment:
-        from harness.kconfig import fragment_path
-        fragment_path(f)   # an unknown fragment is a user error before any work
+        kconfig.fragment_path(f)   # an unknown fragment is a user error before any work
     source.patch_files(args.patch)   # a missing patch is a user error before any work
     opts = RunOptions(tree=args.tree, patches=tuple(args.patch),
                       extra_fragments=tuple(args.fragment),
