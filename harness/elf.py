@@ -126,14 +126,16 @@ def _arch_mismatch(info: ElfInfo, arch: Arch) -> bool:
     return info.elf_class != arch.elf_class or info.machine != arch.elf_machine
 
 
-def check_arch(path: Path, arch: Arch) -> None:
-    """Refuse a binary whose ELF class or machine is not the guest's."""
-    info = elf_info(path)
+def _require_arch(path: Path, info: ElfInfo, arch: Arch, hint: str) -> None:
     if _arch_mismatch(info, arch):
         raise UserError(
             f"{path} is ELF{info.elf_class} {info.machine}, but the {arch.name} guest "
-            f"needs ELF{arch.elf_class} {arch.elf_machine}",
-            f"use the {arch.debian_arch} build of this binary")
+            f"needs ELF{arch.elf_class} {arch.elf_machine}", hint)
+
+
+def check_arch(path: Path, arch: Arch) -> None:
+    """Refuse a binary whose ELF class or machine is not the guest's."""
+    _require_arch(path, elf_info(path), arch, f"use the {arch.debian_arch} build of this binary")
 
 
 # --- shared-library closure -------------------------------------------------
@@ -272,12 +274,8 @@ def check_vmlinux(path: Path, arch: Arch, required_symbols: list[str]) -> None:
     if not path.is_file():
         raise UserError(f"vmlinux not found at {path}",
                         "build the kernel first, or pass the build directory")
-    info = elf_info(path)
-    if _arch_mismatch(info, arch):
-        raise UserError(
-            f"{path} is ELF{info.elf_class} {info.machine}, but the {arch.name} guest "
-            f"needs ELF{arch.elf_class} {arch.elf_machine}",
-            f"build the kernel with ARCH={arch.make_arch} and the {arch.name} fragments")
+    _require_arch(path, elf_info(path), arch,
+                  f"build the kernel with ARCH={arch.make_arch} and the {arch.name} fragments")
     found = find_symbols(path, required_symbols)
     for name in required_symbols:
         if name not in found:

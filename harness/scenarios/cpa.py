@@ -57,12 +57,17 @@ def qemu_params(cell: Cell, ctx: CellContext) -> QemuParams:
                       kernel=ctx.build.image, initrd=ctx.initrd)
 
 
+def new_result(cell: Cell, ctx: CellContext) -> CellResult:
+    """A cell's result with what is known before it boots."""
+    return CellResult(name=cell.name, arch=cell.arch, scenario=cell.scenario,
+                      accel=ctx.accel.accel, accel_reason=ctx.accel.reason, cpu=cell.cpu_model,
+                      memory_mb=cell.memory_mb, smp=cell.smp, source_id=ctx.build.source_id,
+                      build_dir=str(ctx.build.dir), build_cached=ctx.build.cached,
+                      config_hash=ctx.build.config_hash, cmdline=cell.cmdline)
+
+
 def run(cell: Cell, ctx: CellContext) -> CellResult:
-    res = CellResult(name=cell.name, arch=cell.arch, scenario=cell.scenario,
-                     accel=ctx.accel.accel, accel_reason=ctx.accel.reason, cpu=cell.cpu_model,
-                     memory_mb=cell.memory_mb, smp=cell.smp, source_id=ctx.build.source_id,
-                     build_dir=str(ctx.build.dir), build_cached=ctx.build.cached,
-                     config_hash=ctx.build.config_hash)
+    res = new_result(cell, ctx)
     params = qemu_params(cell, ctx)
     res.cmdline = params.full_cmdline()
     res.qemu_command = show_command(params)
@@ -71,7 +76,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
     t = Timeouts.for_accel(ctx.accel.accel)
 
     def is_fatal(f: Any, kernel: str | None) -> bool:
-        return _known(ctx.known, f.kind, f.title, kernel, cell.arch) is None
+        return match_known(ctx.known, f.kind, f.title, kernel, cell.arch) is None
 
     m = Machine(params, serial, is_fatal=is_fatal)
     start = time.monotonic()
@@ -133,16 +138,11 @@ def _watch_period(m: Machine, t: Timeouts) -> None:
         m.run("true", t.command)
 
 
-def _known(known: list[KnownIssue], kind: str, title: str, kernel: str | None,
-           arch: str) -> KnownIssue | None:
-    return match_known(known, kind, title, kernel, arch)
-
-
 def _fill_from_analysis(res: CellResult, doc: dict[str, Any], known: list[KnownIssue]) -> None:
     boots = doc.get("boots", [])
     for n, boot in enumerate(boots):
         for f in boot.get("failures", []):
-            k = _known(known, f["kind"], f["title"], boot.get("kernel"), res.arch)
+            k = match_known(known, f["kind"], f["title"], boot.get("kernel"), res.arch)
             res.failures.append(FailureRecord(
                 kind=f["kind"], title=f["title"], line=f.get("line", 0), boot=n,
                 known=k is not None, known_reason=k.reason if k else "",

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.cells import Cell
 from harness.errors import HarnessError
 from harness.machine import READY_RE, GuestExited, GuestHang, Machine
-from harness.qemu import QemuParams, show_command
+from harness.qemu import show_command
 from harness.results import CellResult, Verdict
-from harness.scenarios.cpa import CellContext, Timeouts
+from harness.scenarios.cpa import CellContext, Timeouts, new_result, qemu_params
 
 DIRECT = "/sys/kernel/debug/provoke-crash/DIRECT"
 TRIGGER_RE = re.compile(rb"lkdtm: Performing direct entry (\w+)")
@@ -60,10 +60,7 @@ def _failures_after(m: Machine, line: int) -> list[dict[str, Any]]:
 
 def provoke(p: Provocation, cell: Cell, ctx: CellContext, t: Timeouts) -> dict[str, Any]:
     """One boot, one trigger; what the analysis reported after it."""
-    params = QemuParams(arch=cell.arch_params, accel=ctx.accel.accel, cpu=cell.cpu_model,
-                        memory_mb=cell.memory_mb, smp=cell.smp,
-                        cmdline=f"{cell.cmdline} {p.cmdline}".strip(),
-                        kernel=ctx.build.image, initrd=ctx.initrd)
+    params = qemu_params(replace(cell, cmdline=f"{cell.cmdline} {p.cmdline}".strip()), ctx)
     serial = ctx.cell_dir / f"{p.crash.lower()}.log"
     check: dict[str, Any] = {"crash": p.crash, "expected_kind": p.kind, "serial_log": str(serial),
                              "qemu_command": show_command(params), "found": [], "result": "missed"}
@@ -112,11 +109,7 @@ def provoke(p: Provocation, cell: Cell, ctx: CellContext, t: Timeouts) -> dict[s
 
 
 def run(cell: Cell, ctx: CellContext) -> CellResult:
-    res = CellResult(name=cell.name, arch=cell.arch, scenario="selfcheck",
-                     accel=ctx.accel.accel, accel_reason=ctx.accel.reason, cpu=cell.cpu_model,
-                     memory_mb=cell.memory_mb, smp=cell.smp, source_id=ctx.build.source_id,
-                     build_dir=str(ctx.build.dir), build_cached=ctx.build.cached,
-                     config_hash=ctx.build.config_hash, cmdline=cell.cmdline)
+    res = new_result(cell, ctx)
     t = Timeouts.for_accel(ctx.accel.accel)
     start = time.monotonic()
     for p in PROVOCATIONS:
