@@ -66,6 +66,9 @@ class Build:
     seconds: float
     log: Path
 
+    def config_text(self) -> str:
+        return self.config.read_text(errors="replace")
+
 
 def fragments_for(arch: Arch, names: list[str]) -> tuple[Path, ...]:
     """base, the arch's own fragments, then the named ones (shipped or paths)."""

@@ -37,6 +37,12 @@ class Cell:
     periods: int = 1                # self-test periods watched after the first pass
     expect: Expect = field(default_factory=Expect)
     sets: tuple[str, ...] = ()
+    kexec: tuple[str, ...] = ()     # kexec methods, one round trip each, in order
+    kexec_rounds: int = 1           # the kexec sequence, this many times in a row
+    ssh: bool = True
+
+    def kexec_trips(self) -> list[str]:
+        return list(self.kexec) * self.kexec_rounds
 
     @property
     def arch_params(self) -> Arch:
@@ -48,13 +54,15 @@ class Cell:
 
 
 SMOKE: tuple[Cell, ...] = (
+    # kexec once broke with GB pages: the gbpages cell goes through both system calls.
     Cell("x86_64-gbpages", "x86_64", KERNEL_FRAGMENTS["x86_64"], cpu="max", memory_mb=4096,
-         expect=Expect(gbpages=True, debug_pagealloc=False)),
+         expect=Expect(gbpages=True, debug_pagealloc=False),
+         kexec=("kexec_load", "kexec_file_load")),
     Cell("x86_64-debug-pagealloc", "x86_64", KERNEL_FRAGMENTS["x86_64"],
          cmdline="debug_pagealloc=on", cpu="max", memory_mb=2048,
          expect=Expect(debug_pagealloc=True, direct_map_all_4k=True)),
     Cell("i386-pae", "i386-pae", KERNEL_FRAGMENTS["i386-pae"], memory_mb=2048,
-         expect=Expect(debug_pagealloc=False)),
+         expect=Expect(debug_pagealloc=False), kexec=("kexec_load",)),
     Cell("i386", "i386", KERNEL_FRAGMENTS["i386"], memory_mb=1024,
          expect=Expect(debug_pagealloc=False)),
 )
@@ -63,8 +71,8 @@ SMOKE: tuple[Cell, ...] = (
 # it (not in the default run: `cpa-harness run --cell 'selfcheck-*'`).
 SELFCHECK: tuple[Cell, ...] = (
     Cell("selfcheck-x86_64", "x86_64", KERNEL_FRAGMENTS["x86_64"], cpu="max", memory_mb=1024,
-         scenario="selfcheck"),
+         scenario="selfcheck", ssh=False),
     Cell("selfcheck-i386", "i386-pae", KERNEL_FRAGMENTS["i386-pae"], memory_mb=1024,
-         scenario="selfcheck"),
+         scenario="selfcheck", ssh=False),
 )
 ALL_CELLS: tuple[Cell, ...] = SMOKE + SELFCHECK

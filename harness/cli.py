@@ -14,7 +14,6 @@ import argparse
 import fnmatch
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -22,6 +21,7 @@ from harness import __version__, kconfig, known_issues, paths, source
 from harness.arches import ARCHES
 from harness.cells import ALL_CELLS, KERNEL_FRAGMENTS, SMOKE, Cell, Expect
 from harness.errors import BuildError, HarnessError, UserError
+from harness.kexec import METHODS
 from harness.results import EXIT_INTERRUPTED, print_table, run_exit_code
 
 
@@ -59,6 +59,8 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--known-issues", type=Path, default=paths.KNOWN_ISSUES, metavar="FILE")
     p.add_argument("--show-command", action="store_true",
                    help="build, then print each cell's QEMU command line instead of booting")
+    p.add_argument("--kexec-rounds", type=int, metavar="N",
+                   help="repeat each cell's kexec round trips N times in a row (default 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--cpu", help="QEMU CPU model (default: the arch's)")
     boot.add_argument("--memory", type=int, default=2048, metavar="MB")
     boot.add_argument("--smp", type=int, default=2)
+    boot.add_argument("--kexec", action="append", default=[], choices=sorted(METHODS),
+                      help="after the self-test, kexec with this system call and run it "
+                           "again in the new kernel (repeatable)")
+    boot.add_argument("--kexec-target", type=Path, metavar="PATH",
+                      help="kexec into this kernel (build directory, bzImage or vmlinux) "
+                           "instead of the one booted")
+    who = boot.add_mutually_exclusive_group()
+    who.add_argument("--interactive", action="store_true",
+                     help="hand the serial console to you (Ctrl-] leaves); the ssh command "
+                          "for a second terminal is printed")
+    who.add_argument("--ssh", action="store_true",
+                     help="open an ssh shell in the guest; leaving it ends the session")
+
+    ssh = sub.add_parser("ssh", help="reach a guest of a run that is still up")
+    ssh.add_argument("run", type=Path, metavar="RUN", help="the run's result directory")
+    ssh.add_argument("--cell", metavar="NAME", help="which cell's guest (when several are up)")
+    ssh.add_argument("remote", nargs=argparse.REMAINDER, metavar="COMMAND",
+                     help="run this command instead of a shell")
 
     build = sub.add_parser("build", help="configure and build one kernel (cached)")
     _add_source(build)
@@ -119,6 +139,8 @@ def _do_run(args: argparse.Namespace, cells: list[Cell]) -> int:
     _positive("--jobs", args.jobs)
     if args.periods is not None and args.periods < 0:
         raise UserError(f"--periods must be 0 or more, not {args.periods}")
+    if args.kexec_rounds is not None:
+        _positive("--kexec-rounds", args.kexec_rounds)
     known = [] if args.strict else known_issues.load(args.known_issues)
     for f in args.fragment:
         kconfig.fragment_path(f)   # an unknown fragment is a user error before any work
@@ -127,7 +149,8 @@ def _do_run(args: argparse.Namespace, cells: list[Cell]) -> int:
                       extra_fragments=tuple(args.fragment),
                       sets=tuple(args.set), accel=args.accel, jobs=args.jobs,
                       make_jobs=args.make_jobs, known=known, periods=args.periods,
-                      show_command=args.show_command)
+                      show_command=args.show_command, kexec_rounds=args.kexec_rounds,
+                      kexec_target=getattr(args, "kexec_target", None))
     if args.out:
         run_dir = args.out
         try:
@@ -136,7 +159,13 @@ def _do_run(args: argparse.Namespace, cells: list[Cell]) -> int:
             raise UserError(f"cannot create --out {run_dir}: {e.strerror}") from None
     else:
         run_dir = new_run_dir(paths.data_dir())
-    results = run_cells(cells, opts, run_dir, paths.cache_dir())
+    mode = "interactive" if getattr(args, "interactive", False) else \
+        "ssh" if getattr(args, "ssh", False) else None
+    if mode and not args.show_command:
+        from harness.run import run_session
+        results = [run_session(cells[0], opts, run_dir, paths.cache_dir(), mode, sys.stdout)]
+    else:
+        results = run_cells(cells, opts, run_dir, paths.cache_dir())
     if args.show_command:
         return 0
     sys.stdout.write("\n")
@@ -173,10 +202,16 @@ def main(argv: list[str]) -> int:
         if args.command == "boot":
             _positive("--memory", args.memory)
             _positive("--smp", args.smp)
+            if args.kexec_target and not args.kexec:
+                raise UserError("--kexec-target needs --kexec METHOD",
+                                f"methods: {', '.join(METHODS)}")
             cell = Cell(f"{args.arch}-boot", args.arch, KERNEL_FRAGMENTS[args.arch],
                         cmdline=args.cmdline, cpu=args.cpu, memory_mb=args.memory,
-                        smp=args.smp, expect=Expect())
-            return _do_run(args, [replace(cell)])
+                        smp=args.smp, expect=Expect(), kexec=tuple(args.kexec))
+            return _do_run(args, [cell])
+        if args.command == "ssh":
+            from harness.session import ssh_into_run
+            return ssh_into_run(args.run, args.cell, args.remote, sys.stdout)
         if args.command == "build":
             return _do_build(args)
         if args.command == "doctor":

@@ -8,11 +8,12 @@ with the harness even when the harness is SIGKILLed.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -228,6 +229,46 @@ class Machine:
             pass
         self._handle(self.parser.flush())
         self.kill()
+
+    @contextlib.contextmanager
+    def draining(self, on_stop: Callable[[], None] = lambda: None) -> Iterator[None]:
+        """Keep reading the console in a thread while the caller uses ssh.
+
+        A guest whose console nobody reads stalls once the pty buffer fills,
+        and a kernel failure must still be caught the moment it completes. If
+        the guest fails or QEMU ends meanwhile, on_stop() is called (to break
+        the ssh connection, so the caller is not left waiting out a timeout);
+        on leaving, such a failure is raised here, in the caller's thread.
+        """
+        stop = threading.Event()
+        ended: list[BaseException] = []
+
+        def loop() -> None:
+            try:
+                while not stop.is_set():
+                    self.watch(SLICE)
+            except (FailureSeen, GuestExited, pexpect.ExceptionPexpect, OSError) as e:
+                ended.append(e)
+                on_stop()
+
+        t = threading.Thread(target=loop, name="console-drain", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+        if ended:
+            raise ended[0]
+
+    def tail(self, lines: int = 20) -> list[str]:
+        """The last lines of the serial log, for errors that need context."""
+        try:
+            data = self.serial_log.read_bytes()[-16384:]
+        except OSError:
+            return []
+        text = data.decode(errors="replace").replace("\r", "")
+        return [ln for ln in text.split("\n") if ln.strip()][-lines:]
 
     def wait_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         """Read the console until `done()` holds, e.g. a self-test pass was parsed."""

@@ -83,6 +83,12 @@ class CellResult:
     failures: list[FailureRecord] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
     selfcheck: list[dict[str, Any]] = field(default_factory=list)
+    ssh: dict[str, Any] = field(default_factory=dict)       # port, host key, connect time
+    guest: dict[str, Any] = field(default_factory=dict)     # runtime.GuestView: what ran
+    kexec: list[dict[str, Any]] = field(default_factory=list)   # kexec.RoundTrip each
+    boots: list[dict[str, Any]] = field(default_factory=list)   # every boot the console saw
+    serial_tail: list[str] = field(default_factory=list)    # context for infrastructure errors
+    retried_after: str = ""     # the infrastructure error of a first attempt
     started: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
@@ -98,6 +104,14 @@ class CellResult:
                 return f"4k {s['4k']} large {s['large']}" + (f" gb {s['gb']}" if s.get("gb")
                                                              else "")
         return "-"
+
+
+    def kexec_summary(self) -> str:
+        """Round trips proven (nonce and boot id) and self-tested, of those tried."""
+        if not self.kexec:
+            return "-"
+        ok = sum(1 for rt in self.kexec if rt.get("verified") and rt.get("selftest") == "pass")
+        return f"{ok}/{len(self.kexec)}"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -147,6 +161,12 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
                           None if p.get("result") == "pass" else f"result {p.get('result')}",
                           "\n".join(e.get("message", "") if isinstance(e, dict) else str(e)
                                     for e in p.get("errors", []))))
+        for i, rt in enumerate(c.kexec, 1):
+            cases.append((f"kexec round trip {i} ({rt.get('method')})",
+                          None if rt.get("verified") and rt.get("selftest") == "pass"
+                          else rt.get("error") or "not verified",
+                          f"nonce {rt.get('nonce')}, boot id {rt.get('boot_id_before')} -> "
+                          f"{rt.get('boot_id_after') or '?'}"))
         bad = [f for f in c.failures if not f.known]
         cases.append(("no kernel failures",
                       "; ".join(f"{f.kind}: {f.title}" for f in bad) or None,
@@ -170,7 +190,7 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
 
 def print_table(cells: list[CellResult], out: TextIO) -> None:
     rows = [("cell", "verdict", "accel", "self-test", "splits (last line)", "direct map mapped",
-             "time", "reason")]
+             "kexec", "time", "reason")]
     for c in cells:
         passes = [p.get("result", "?") for p in c.cpa_selftest]
         # What is really mapped (the page-table dump) when the kernel has it;
@@ -181,7 +201,7 @@ def print_table(cells: list[CellResult], out: TextIO) -> None:
         dm = " ".join(f"{k}:{v // 1024}M" for k, v in mapped.items() if v)
         rows.append((c.name, c.verdict.value.upper(), c.accel or "-",
                      ",".join(passes) or "-", c.splits_summary(), dm or "-",
-                     f"{c.durations.get('total', 0):.0f}s", c.reason))
+                     c.kexec_summary(), f"{c.durations.get('total', 0):.0f}s", c.reason))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         out.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1]

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar, cast
 
 from harness import build as kbuild
-from harness import initramfs, qemu, source
+from harness import initramfs, kexec, qemu, runtime, source
 from harness.cells import Cell
 from harness.errors import BuildError, HarnessError
 from harness.known_issues import KnownIssue
 from harness.machine import kill_all
 from harness.results import CellResult, Verdict, write_cell, write_summary
 from harness.scenarios import cpa, selfcheck
+from harness.ssh import generate_client_key
 
 
 @dataclass
@@ -40,6 +41,8 @@ class RunOptions:
     known: list[KnownIssue] = field(default_factory=list)
     out: Path | None = None
     periods: int | None = None
+    kexec_rounds: int | None = None
+    kexec_target: Path | None = None    # a build dir, bzImage or vmlinux; None: the cell's own
     show_command: bool = False
 
 
@@ -145,20 +148,62 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
                   f"({choice.reason})\n")
         return choice
 
+    def keyed(arch: str, base: Path) -> Path:
+        _, pub = _once(memo, "ssh-key", partial(generate_client_key, run_dir / "ssh"))
+        return initramfs.with_authorized_key(base, pub, run_dir / "ssh" / f"initrd-{arch}.cpio")
+
     for cell in cells:
         try:
+            if opts.periods is not None:
+                cell = replace(cell, periods=opts.periods)
+            if opts.kexec_rounds is not None:
+                cell = replace(cell, kexec_rounds=opts.kexec_rounds)
             b = _once(memo, ("build", _build_key(cell, opts)), partial(build, cell))
+            config = runtime.parse_config(b.config_text())
+            for method in cell.kexec:
+                kexec.check_method(method, cell.arch_params, config)
             img = _once(memo, ("initramfs", cell.arch),
                         partial(initramfs.build_initramfs, cell.arch_params, cache))
             acc = _once(memo, ("accel", cell.arch_params.qemu, cell.cpu_model),
                         partial(accel, cell, b, img))
-            if opts.periods is not None:
-                cell = replace(cell, periods=opts.periods)
+            target = (kexec.check_target(opts.kexec_target, cell.arch_params)
+                      if opts.kexec_target and cell.kexec else None)
+            key = None
+            if cell.ssh:
+                img = _once(memo, ("keyed", cell.arch), partial(keyed, cell.arch, img))
+                key = run_dir / "ssh" / "id_rsa"
             runnable.append((cell, cpa.CellContext(b, img, acc, run_dir / "cells" / cell.name,
-                                                   opts.known)))
+                                                   opts.known, ssh_key=key,
+                                                   kexec_image=target)))
         except HarnessError as e:
             finish(_error_result(cell, e))
     return runnable
+
+
+def run_session(cell: Cell, opts: RunOptions, run_dir: Path, cache: Path, mode: str,
+                out: TextIO) -> CellResult:
+    """One cell booted for a person (session.run), in this thread: it owns the terminal."""
+    from harness import session
+
+    res = CellResult(name=cell.name, arch=cell.arch)
+
+    def keep(r: CellResult) -> None:
+        nonlocal res
+        res = r
+
+    src = source.with_patches(source.resolve(opts.tree, cache),
+                              source.patch_files(list(opts.patches)), cache)
+    meta = {"started": time.time(), "host": platform.node(), "tree": opts.tree or "debian",
+            "source_id": src.id, "kernel_version": src.version, "session": mode}
+    try:
+        for c, ctx in _prepare([cell], opts, src, run_dir, cache, keep, out):
+            ctx.cell_dir.mkdir(parents=True, exist_ok=True)
+            res = session.run(c, ctx, run_dir, mode, out)
+    finally:
+        write_cell(run_dir, res)
+        meta["finished"] = time.time()
+        write_summary(run_dir, [res], meta)
+    return res
 
 
 def _error_result(cell: Cell, e: HarnessError) -> CellResult:
@@ -178,5 +223,18 @@ SCENARIOS: dict[str, Callable[[Cell, cpa.CellContext], CellResult]] = {
 
 
 def _run_one(cell: Cell, ctx: cpa.CellContext) -> CellResult:
+    """Run a cell; an infrastructure error (QEMU, ssh, a taken port) gets one more try.
+
+    A kernel-side failure is never retried: a flaky kernel must not pass on
+    its second attempt. The first attempt's serial log is kept beside.
+    """
     ctx.cell_dir.mkdir(parents=True, exist_ok=True)
-    return SCENARIOS[cell.scenario](cell, ctx)
+    res = SCENARIOS[cell.scenario](cell, ctx)
+    if res.verdict != Verdict.INFRA_ERROR:
+        return res
+    first = ctx.cell_dir / "serial.log"
+    if first.exists():
+        first.replace(ctx.cell_dir / "serial.attempt-1.log")
+    again = SCENARIOS[cell.scenario](cell, ctx)
+    again.retried_after = res.reason
+    return again

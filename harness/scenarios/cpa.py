@@ -14,32 +14,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import stats
+from harness import kexec, runtime, stats
 from harness.build import Build
 from harness.cells import Cell
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InfraError, UserError
+from harness.guest import Guest, SshAccess
 from harness.known_issues import KnownIssue
 from harness.known_issues import match as match_known
-from harness.machine import READY_RE, FailureSeen, GuestExited, GuestHang, Machine
+from harness.machine import FailureSeen, GuestExited, GuestHang, Machine
 from harness.qemu import AccelChoice, QemuParams, show_command
-from harness.results import CellResult, FailureRecord, Verdict
+from harness.results import CellResult, FailureRecord, Verdict, write_json
+from harness.ssh import free_port
 
 SELFTEST_PERIOD = 30.0
+# QEMU's words when the ssh port forward cannot bind (net/slirp.c)
+HOSTFWD_FAILED = "Could not set up host forwarding rule"
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    boot: float            # QEMU start to the ready marker
+    boot: float            # QEMU start (or kexec) to the ready marker
     first_pass: float      # ready marker to the first self-test verdict
     command: float         # one shell command
+    ssh: float             # ready marker to an ssh session
+    copy: float = 300.0    # one file copied into the guest
     liveness: float = 10.0  # how often the shell is poked while watching
 
     @classmethod
     def for_accel(cls, accel: str) -> Timeouts:
         # TCG runs the guest 10-50x slower than KVM; the self-test period is 30 s either way.
         if accel == "kvm":
-            return cls(boot=120, first_pass=90, command=30)
-        return cls(boot=300, first_pass=180, command=90)
+            return cls(boot=120, first_pass=90, command=30, ssh=30)
+        return cls(boot=300, first_pass=180, command=90, ssh=90)
 
 
 @dataclass(frozen=True)
@@ -49,12 +55,14 @@ class CellContext:
     accel: AccelChoice
     cell_dir: Path
     known: list[KnownIssue]     # empty with --strict
+    ssh_key: Path | None = None         # the run's client key; its public half is in initrd
+    kexec_image: Path | None = None     # None: kexec into the cell's own build
 
 
-def qemu_params(cell: Cell, ctx: CellContext) -> QemuParams:
+def qemu_params(cell: Cell, ctx: CellContext, ssh_port: int | None = None) -> QemuParams:
     return QemuParams(arch=cell.arch_params, accel=ctx.accel.accel, cpu=cell.cpu_model,
                       memory_mb=cell.memory_mb, smp=cell.smp, cmdline=cell.cmdline,
-                      kernel=ctx.build.image, initrd=ctx.initrd)
+                      kernel=ctx.build.image, initrd=ctx.initrd, ssh_port=ssh_port)
 
 
 def new_result(cell: Cell, ctx: CellContext) -> CellResult:
@@ -66,59 +74,174 @@ def new_result(cell: Cell, ctx: CellContext) -> CellResult:
                       config_hash=ctx.build.config_hash, cmdline=cell.cmdline)
 
 
+class KexecFailed(Exception):
+    """The kernel did not complete a kexec round trip: a kernel-side failure."""
+
+
+class RuntimeMismatch(UserError):
+    """What runs is not what the cell asked for."""
+
+
 def run(cell: Cell, ctx: CellContext) -> CellResult:
     res = new_result(cell, ctx)
-    params = qemu_params(cell, ctx)
-    res.cmdline = params.full_cmdline()
-    res.qemu_command = show_command(params)
     serial = ctx.cell_dir / "serial.log"
     res.serial_log = str(serial)
     t = Timeouts.for_accel(ctx.accel.accel)
+    access = SshAccess(free_port(), ctx.ssh_key) if ctx.ssh_key else None
+    params = qemu_params(cell, ctx, access.port if access else None)
+    res.cmdline = params.full_cmdline()
+    res.qemu_command = show_command(params)
 
     def is_fatal(f: Any, kernel: str | None) -> bool:
         return match_known(ctx.known, f.kind, f.title, kernel, cell.arch) is None
 
     m = Machine(params, serial, is_fatal=is_fatal)
+    g = Guest(m, access, t.command)
     start = time.monotonic()
     try:
         m.start()
-        ready = m.wait_for(READY_RE, t.boot, "ready marker from the guest's init")
-        res.boot_id = ready.group(1).decode()
+        res.boot_id = g.boot(t.boot, t.ssh)
         res.durations["boot_to_ready"] = time.monotonic() - start
+        if access:
+            res.ssh = g.describe()
+            write_json(ctx.cell_dir / "guest.json", g.describe())
+        view = runtime.read_view(g.run, ctx.build.config_text())
+        res.guest = view.to_json()
         # Before the first pass (30 s after boot): the direct map as booted.
-        boot = stats.collect(lambda c: m.run(c, t.command), "boot", cell.arch)
+        boot = stats.collect(g.run, "boot", cell.arch)
+        res.stats = {"boot": boot.to_json()}
+        _check_runtime(res, cell, view, boot, _boot(m))
         m.wait_until(lambda: bool(_passes(m)), t.first_pass, "CPA self-test verdict")
         res.durations["to_first_pass"] = time.monotonic() - start
-        for _ in range(cell.periods):
+        snaps = [boot, stats.collect(g.run, "first-pass", cell.arch)]
+        for n in range(cell.periods):
             _watch_period(m, t)
             res.periods_watched += 1
-        after = stats.collect(lambda c: m.run(c, t.command), "after-selftest", cell.arch)
+            snaps.append(stats.collect(g.run, f"period-{n + 2}", cell.arch))
+        after = snaps[-1]
         res.durations["to_verdict"] = time.monotonic() - start
-        res.stats = {"boot": boot.to_json(), "after_selftest": after.to_json(),
-                     "delta": stats.snapshot_delta(boot, after)}
+        res.stats.update({"after_selftest": after.to_json(),
+                          "delta": stats.snapshot_delta(boot, after),
+                          "snapshots": [s.to_json() for s in snaps]})
         res.direct_map = {k.removeprefix("DirectMap"): v
                           for k, v in (after.meminfo or {}).items()}
         res.vmstat = after.vmstat or {}
+        for n, method in enumerate(cell.kexec_trips()):
+            _round_trip(res, cell, ctx, g, t, method, n)
+        g.close_ssh()
         m.poweroff(t.command)
         res.verdict = Verdict.PASS
     except FailureSeen as e:
         res.verdict, res.reason = Verdict.FAIL, f"{e.failure.kind}: {e.failure.title}"
     except GuestHang as e:
         res.verdict, res.reason = Verdict.FAIL, f"hang: {e}"
-        res.failures.append(FailureRecord(kind="hang", title=f"hang: {e}", line=0, boot=0))
+        res.failures.append(FailureRecord(kind="hang", title=f"hang: {e}", line=0,
+                                          boot=_boot_index(m), report=m.tail()))
+    except KexecFailed as e:
+        res.verdict, res.reason = Verdict.FAIL, str(e)
+        res.failures.append(FailureRecord(kind="kexec", title=str(e), line=0,
+                                          boot=_boot_index(m), report=m.tail()))
     except (GuestExited, OSError) as e:
         # QEMU went away (EOF, or EIO writing to its terminal): the analysis
         # below tells a kernel that died from a QEMU that did.
         res.verdict, res.reason = Verdict.FAIL, f"QEMU ended early: {e}"
+        if access and any(HOSTFWD_FAILED in line for line in m.tail()):
+            res.verdict = Verdict.INFRA_ERROR
+            res.reason = (f"QEMU could not forward 127.0.0.1:{access.port} to the guest's ssh "
+                          f"port (taken by another process?)")
+            res.serial_tail = m.tail()
     except HarnessError as e:
         res.verdict = Verdict.USER_ERROR if e.exit_code == 2 else Verdict.INFRA_ERROR
         res.reason = e.line()
+        if e.exit_code == 3:
+            res.serial_tail = m.tail()
     finally:
+        g.close_ssh()
         doc = m.finish()
         res.durations["total"] = time.monotonic() - start
     _fill_from_analysis(res, doc, ctx.known)
     _judge(res, cell, doc)
     return res
+
+
+def _check_runtime(res: CellResult, cell: Cell, view: runtime.GuestView,
+                   boot: stats.Snapshot, booted: dict[str, Any]) -> None:
+    """Fail the cell now if what runs is not what it asked for or expects."""
+    problems = runtime.mismatches(view, res.cmdline, res.accel)
+    if booted.get("debug_pagealloc") and boot.ptdump:
+        large = {k: v for k, v in boot.ptdump.items()
+                 if k in ("DirectMap2M", "DirectMap4M", "DirectMap1G") and v}
+        if large:
+            problems.append(f"debug_pagealloc was asked for, but the page tables map the "
+                            f"direct map with large pages ({large}): it is off")
+    if cell.expect.gbpages is True and "pdpe1gb" not in view.cpu_flags:
+        problems.append(f"the cell expects GB pages, but the guest CPU ({view.cpu_model}) has "
+                        f"no pdpe1gb")
+    if problems:
+        raise RuntimeMismatch("runtime check failed: " + "; ".join(problems),
+                              "the guest is not running what the cell describes")
+
+
+def _round_trip(res: CellResult, cell: Cell, ctx: CellContext, g: Guest, t: Timeouts,
+                method: str, n: int) -> None:
+    """kexec into the target kernel, prove it runs, and run the CPA scenario in it."""
+    rt = kexec.RoundTrip(method=method, nonce=kexec.new_nonce(), boot_id_before=g.boot_id)
+    res.kexec.append(rt.to_json())
+
+    def record() -> None:
+        res.kexec[n] = rt.to_json()
+
+    m = g.m
+    before = stats.collect(g.run, f"before-kexec-{n + 1}", cell.arch)
+    rt.stats["before"] = before.to_json()
+    record()
+    if g.ssh is None:
+        raise InfraError("kexec needs ssh to copy the target kernel in, and ssh is not up")
+    g.put(ctx.kexec_image or ctx.build.image, kexec.GUEST_IMAGE, 0o644, t.copy)
+    g.put(ctx.initrd, kexec.GUEST_INITRD, 0o644, t.copy)
+    status, current = g.run("cat /proc/cmdline")
+    if status != 0:
+        raise InfraError(f"cannot read /proc/cmdline before kexec: {current.strip()[:200]}")
+    loaded = g.exec(kexec.load_command(method, kexec.next_cmdline(current.strip(), rt.nonce)),
+                    t.command)
+    if loaded.status != 0:
+        rt.error = (loaded.stderr or loaded.stdout).strip()[:500]
+        record()
+        first = rt.error.splitlines()[0] if rt.error else f"status {loaded.status}"
+        raise KexecFailed(f"kexec: {method} did not load the target: {first}")
+    g.exec(kexec.EXECUTE, t.command)
+    g.close_ssh()
+    started = time.monotonic()
+    try:
+        m.wait_for(kexec.STARTING_RE, t.command, "'Starting new kernel' after kexec -e")
+    except GuestHang:
+        raise KexecFailed(f"kexec: no 'Starting new kernel' within {t.command:.0f}s of "
+                          f"kexec -e ({method})") from None
+    try:
+        rt.boot_id_after = g.boot(t.boot, t.ssh)
+    except GuestHang:
+        raise KexecFailed(f"kexec: the new kernel did not reach its ready marker within "
+                          f"{t.boot:.0f}s ({method})") from None
+    rt.seconds_to_ready = round(time.monotonic() - started, 1)
+    rt.boot = _boot_index(m)
+    _, rt.cmdline_after = g.run("cat /proc/cmdline")
+    rt.cmdline_after = rt.cmdline_after.strip()
+    nonce_seen = f"{kexec.NONCE_PARAM}={rt.nonce}" in rt.cmdline_after.split()
+    rt.verified = nonce_seen and rt.boot_id_after != rt.boot_id_before
+    record()
+    if not rt.verified:
+        why = "the nonce is not in /proc/cmdline" if not nonce_seen else "the boot id is unchanged"
+        raise KexecFailed(f"kexec: the kernel running after {method} is not the one loaded "
+                          f"({why})")
+    m.wait_until(lambda: bool(_passes(m)), t.first_pass,
+                 "CPA self-test verdict in the kexec'd kernel")
+    rt.selftest = _passes(m)[0].get("result", "")
+    rt.stats["after"] = stats.collect(g.run, f"after-kexec-{n + 1}", cell.arch).to_json()
+    record()
+
+
+def _boot_index(m: Machine) -> int:
+    return max(0, len(m.parser.analysis.to_json()["boots"]) - 1)
 
 
 def _boot(m: Machine) -> dict[str, Any]:
@@ -147,21 +270,27 @@ def _fill_from_analysis(res: CellResult, doc: dict[str, Any], known: list[KnownI
                 kind=f["kind"], title=f["title"], line=f.get("line", 0), boot=n,
                 known=k is not None, known_reason=k.reason if k else "",
                 call_trace=list(f.get("call_trace", [])), report=list(f.get("report", []))))
-    if boots:
-        last = boots[-1]
-        res.kernel_version = last.get("kernel")
-        res.gbpages = last.get("gbpages")
-        res.debug_pagealloc = last.get("debug_pagealloc")
-        res.cpa_selftest = list(last.get("cpa_selftest", []))
+    res.boots = [{"boot": n, "kernel": b.get("kernel"), "ended_by": b.get("ended_by"),
+                  "failures": len(b.get("failures", []))} for n, b in enumerate(boots)]
+    # Every boot's self-test passes, each marked with its boot (kexec adds boots).
+    res.cpa_selftest = [{**p, "boot": n} for n, b in enumerate(boots)
+                        for p in b.get("cpa_selftest", [])]
+    first = next((b for b in boots if b.get("kernel")), boots[0] if boots else None)
+    if first:
+        # What the cell's own kernel booted with; a kexec'd kernel is judged by its trip.
+        res.kernel_version = first.get("kernel")
+        res.gbpages = first.get("gbpages")
+        res.debug_pagealloc = first.get("debug_pagealloc")
 
 
 def _judge(res: CellResult, cell: Cell, doc: dict[str, Any]) -> None:
     """The verdict from everything seen, the strongest finding first."""
-    if res.verdict in (Verdict.USER_ERROR, Verdict.INFRA_ERROR):
-        if not doc.get("boots") or res.verdict == Verdict.USER_ERROR:
-            return
     unknown = [f for f in res.failures if not f.known]
     failed_passes = [p for p in res.cpa_selftest if p.get("result") == "fail"]
+    if res.verdict in (Verdict.USER_ERROR, Verdict.INFRA_ERROR):
+        # A kernel that failed on the way outranks what went wrong around it.
+        if not doc.get("boots") or not (unknown or failed_passes):
+            return
     if unknown:
         f = unknown[0]
         res.verdict, res.reason = Verdict.FAIL, f"{f.kind}: {f.title}"

@@ -1,0 +1,142 @@
+"""A booted guest: the serial console is the kernel's voice, ssh the harness's hands.
+
+Guest.boot() waits for the ready marker of a boot (the first, or the one a
+kexec started), pins the host key that boot's init printed, and connects over
+ssh. Commands go over ssh while it is up, with the console read in the
+background so a kernel failure still ends the cell at once; without ssh they
+fall back to the serial shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import InfraError
+from harness.machine import READY_RE, GuestHang, Machine
+from harness.ssh import Completed, GuestSsh, SshError, SshTimeout, host_key_lines
+
+Runner = Callable[[str], tuple[int, str]]
+
+
+@dataclass(frozen=True)
+class SshAccess:
+    """What reaching the guest over ssh takes: a forwarded port and the run's key."""
+
+    port: int
+    key: Path
+
+
+class Guest:
+    def __init__(self, machine: Machine, access: SshAccess | None, command_timeout: float) -> None:
+        self.m = machine
+        self.access = access
+        self.timeout = command_timeout
+        self.ssh: GuestSsh | None = None
+        self.boot_id = ""
+        self.host_key = ""
+        self.connect_seconds: float | None = None
+
+    def boot(self, timeout: float, ssh_deadline: float) -> str:
+        """Wait for this boot's ready marker, then connect; return the boot id."""
+        self.close_ssh()
+        ready = self.m.wait_for(READY_RE, timeout, "ready marker from the guest's init")
+        self.boot_id = ready.group(1).decode()
+        before = self.m.child.before if self.m.child is not None else b""
+        keys = host_key_lines(before if isinstance(before, bytes) else b"")
+        if self.access is not None:
+            if not keys:
+                raise InfraError("the guest printed no ssh host key before its ready marker",
+                                 f"dropbear did not start; see {self.m.serial_log}")
+            self.host_key = keys[-1]
+            self._connect(ssh_deadline)
+        return self.boot_id
+
+    def _connect(self, deadline: float) -> None:
+        assert self.access is not None
+        ssh = GuestSsh()
+        start = time.monotonic()
+        try:
+            with self.m.draining(on_stop=ssh.close):
+                ssh.connect(port=self.access.port, key_path=self.access.key,
+                            host_key_line=self.host_key, deadline=time.monotonic() + deadline)
+        except InfraError as e:
+            ssh.close()
+            raise InfraError(e.message, e.hint + self._tail()) from None
+        self.ssh = ssh
+        self.connect_seconds = time.monotonic() - start
+
+    def _tail(self) -> str:
+        return "; serial tail: " + " | ".join(self.m.tail(8))
+
+    def run(self, command: str, timeout: float | None = None) -> tuple[int, str]:
+        """(status, output) of a guest command: stdout, plus stderr when it failed."""
+        c = self.exec(command, timeout)
+        return c.status, c.stdout if c.status == 0 else c.stdout + c.stderr
+
+    def exec(self, command: str, timeout: float | None = None) -> Completed:
+        t = timeout or self.timeout
+        if self.ssh is None:
+            status, out = self.m.run(command, t)
+            return Completed(status, out + "\n" if out else "", "")
+        ssh = self.ssh
+        try:
+            with self.m.draining(on_stop=ssh.close):
+                return ssh.run(command, t)
+        except SshTimeout:
+            # The guest, or only ssh? The serial shell answers for the kernel.
+            self.close_ssh()
+            try:
+                self.m.run("true", t)
+            except GuestHang:
+                raise GuestHang(f"answer to '{command}' (ssh and serial shell)", t) from None
+            raise InfraError(f"ssh command '{command}' got no answer in {t:.0f}s, but the "
+                             "serial shell did", "dropbear may have died" + self._tail()) from None
+        except SshError as e:
+            self.close_ssh()
+            raise InfraError(f"ssh to the guest failed: {e}", self._tail().lstrip("; ")) from None
+
+    def put(self, local: Path, remote: str, mode: int = 0o644, timeout: float = 300.0) -> None:
+        if self.ssh is None:
+            raise InfraError(f"cannot copy {local.name} into the guest: ssh is not up")
+        ssh = self.ssh
+        try:
+            with self.m.draining(on_stop=ssh.close):
+                ssh.put(local, remote, mode, timeout)
+        except SshError as e:
+            self.close_ssh()
+            raise InfraError(f"copying {local.name} into the guest failed: {e}",
+                             self._tail().lstrip("; ")) from None
+
+    def close_ssh(self) -> None:
+        if self.ssh is not None:
+            self.ssh.close()
+            self.ssh = None
+
+    def describe(self) -> dict[str, Any]:
+        """How to reach this guest, for the results and `cpa-harness ssh`."""
+        return {"port": self.access.port if self.access else None,
+                "key": str(self.access.key) if self.access else None,
+                "host_key": self.host_key, "boot_id": self.boot_id,
+                "qemu_pid": self.m.child.pid if self.m.child is not None else None,
+                "connect_seconds": self.connect_seconds}
+
+
+def read_guest_file(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+def qemu_running(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

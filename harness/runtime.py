@@ -1,0 +1,116 @@
+"""Runtime truth: what the guest says it is running, held against what the cell asked for.
+
+A harness that reports on the wrong kernel, or on the right kernel booted with
+the wrong command line, would call a kernel good on evidence it never saw. So
+after each boot the guest's own /proc/cmdline, /proc/config.gz and
+/proc/cpuinfo are read back and compared; any difference fails the cell as a
+user/harness error before its verdict could mislead anyone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Runner = Callable[[str], tuple[int, str]]
+
+CONFIG_LINE = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")
+# arch/x86/kernel/cpu/hypervisor.c: "Hypervisor detected: KVM"
+HYPERVISOR_RE = re.compile(r"Hypervisor detected: (.+?)\s*$", re.M)
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """A .config as {CONFIG_X: value}, 'n' for '# CONFIG_X is not set'."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        m = CONFIG_LINE.match(line.strip())
+        if m and m.group(1):
+            out[m.group(1)] = m.group(2)
+        elif m and m.group(3):
+            out[m.group(3)] = "n"
+    return out
+
+
+def config_differences(built: dict[str, str], running: dict[str, str]) -> list[str]:
+    """Each option whose value differs, as 'CONFIG_X: built y, running n'."""
+    diffs = []
+    for name in sorted(set(built) | set(running)):
+        b, r = built.get(name, "n"), running.get(name, "n")
+        if b != r:
+            diffs.append(f"{name}: built {b}, running {r}")
+    return diffs
+
+
+def cpu_flags(cpuinfo: str) -> list[str]:
+    """The first CPU's flags from /proc/cpuinfo."""
+    m = re.search(r"^flags\s*:\s*(.*)$", cpuinfo, re.M)
+    return m.group(1).split() if m else []
+
+
+def cpu_model_name(cpuinfo: str) -> str:
+    m = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
+    return m.group(1).strip() if m else ""
+
+
+@dataclass
+class GuestView:
+    cmdline: str = ""
+    config_source: str = ""             # /proc/config.gz, or the build's .config
+    config_differences: list[str] = field(default_factory=list)
+    cpu_model: str = ""
+    cpu_flags: list[str] = field(default_factory=list)
+    hypervisor: str | None = None       # what the kernel detected; None under TCG
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_view(run: Runner, built_config: str) -> GuestView:
+    """Read what the guest is running through `run` (ssh or the serial shell)."""
+    v = GuestView()
+    status, out = run("cat /proc/cmdline")
+    if status == 0:
+        v.cmdline = out.strip()
+    else:
+        v.errors["cmdline"] = out.strip()[:200]
+    status, out = run("if [ -e /proc/config.gz ]; then zcat /proc/config.gz; "
+                      "else echo NO-IKCONFIG; fi")
+    if status == 0 and out.strip() != "NO-IKCONFIG":
+        v.config_source = "/proc/config.gz"
+        v.config_differences = config_differences(parse_config(built_config),
+                                                  parse_config(out))
+    elif status == 0:
+        v.config_source = "build .config (the kernel has no IKCONFIG_PROC)"
+    else:
+        v.errors["config"] = out.strip()[:200]
+    status, out = run("cat /proc/cpuinfo")
+    if status == 0:
+        v.cpu_flags, v.cpu_model = cpu_flags(out), cpu_model_name(out)
+    else:
+        v.errors["cpuinfo"] = out.strip()[:200]
+    status, out = run("dmesg | grep 'Hypervisor detected' || true")
+    m = HYPERVISOR_RE.search(out) if status == 0 else None
+    v.hypervisor = m.group(1) if m else None
+    return v
+
+
+def mismatches(v: GuestView, asked_cmdline: str, accel: str) -> list[str]:
+    """How what runs differs from what was asked; empty when it is what was asked."""
+    found = [f"could not read {what}: {why}" for what, why in v.errors.items()]
+    # /proc/cmdline is the string QEMU passed, quotes and all: compare words as given.
+    running = set(v.cmdline.split())
+    missing = [t for t in asked_cmdline.split() if t not in running]
+    if missing and "cmdline" not in v.errors:
+        found.append(f"/proc/cmdline lacks {' '.join(missing)} (it says {v.cmdline!r})")
+    if v.config_differences:
+        d = v.config_differences
+        found.append(f"the running kernel's config differs from the build's in {len(d)} "
+                     f"option(s): {'; '.join(d[:3])}{' ...' if len(d) > 3 else ''}")
+    if accel == "kvm" and v.hypervisor != "KVM" and "cpuinfo" not in v.errors:
+        found.append(f"QEMU ran with KVM but the guest detected {v.hypervisor or 'no hypervisor'}")
+    if accel == "tcg" and v.hypervisor == "KVM":
+        found.append("QEMU ran with TCG but the guest detected KVM")
+    return found
