@@ -18,10 +18,10 @@ from pathlib import Path
 from types import FrameType
 
 from harness import __version__, kconfig, known_issues, paths, source
-from harness.arches import ARCHES
+from harness.arches import ARCHES, get_arch
 from harness.cells import ALL_CELLS, KERNEL_FRAGMENTS, SMOKE, Cell, Expect
 from harness.errors import BuildError, HarnessError, UserError
-from harness.kexec import METHODS
+from harness.kexec import METHODS, check_method
 from harness.results import EXIT_INTERRUPTED, print_table, run_exit_code
 
 
@@ -176,8 +176,6 @@ def _do_run(args: argparse.Namespace, cells: list[Cell]) -> int:
 
 def _do_build(args: argparse.Namespace) -> int:
     from harness import build
-    from harness.arches import get_arch
-
     arch = get_arch(args.arch)
     src = source.with_patches(source.resolve(args.tree, paths.cache_dir()),
                               source.patch_files(args.patch), paths.cache_dir())
@@ -205,6 +203,8 @@ def main(argv: list[str]) -> int:
             if args.kexec_target and not args.kexec:
                 raise UserError("--kexec-target needs --kexec METHOD",
                                 f"methods: {', '.join(METHODS)}")
+            for method in args.kexec:
+                check_method(method, get_arch(args.arch))
             cell = Cell(f"{args.arch}-boot", args.arch, KERNEL_FRAGMENTS[args.arch],
                         cmdline=args.cmdline, cpu=args.cpu, memory_mb=args.memory,
                         smp=args.smp, expect=Expect(), kexec=tuple(args.kexec))

@@ -24,9 +24,10 @@ from harness.arches import Arch
 from harness.errors import UserError
 
 METHODS: dict[str, tuple[str, str]] = {
-    # method: (kexec-tools flag, the option the kernel needs)
+    # method: (kexec-tools flags, the option the kernel needs). -s only picks the
+    # system call; without -l kexec-tools would load and then run shutdown(8).
     "kexec_load": ("-l", "CONFIG_KEXEC"),
-    "kexec_file_load": ("-s", "CONFIG_KEXEC_FILE"),
+    "kexec_file_load": ("-s -l", "CONFIG_KEXEC_FILE"),
 }
 NONCE_PARAM = "cpa_harness.nonce"
 # kernel/kexec_core.c kernel_kexec(): "Starting new kernel" (pr_notice)
@@ -81,11 +82,16 @@ def load_command(method: str, cmdline: str) -> str:
 EXECUTE = "(sleep 1; kexec -e) </dev/null >/dev/null 2>&1 &"
 
 
-def check_method(method: str, arch: Arch, config: dict[str, str]) -> None:
-    """A method the kernel lacks is a user error, found before anything boots."""
+def check_method(method: str, arch: Arch, config: dict[str, str] | None = None) -> None:
+    """A method the kernel lacks is a user error, found before anything boots.
+
+    Without a config (before the build) only what the arch rules out is checked.
+    """
     if method not in METHODS:
         raise UserError(f"unknown kexec method {method!r}", f"choose from {', '.join(METHODS)}")
     _, option = METHODS[method]
+    if config is None:
+        config = {option: "n" if method == "kexec_file_load" and arch.elf_class == 32 else "y"}
     if config.get(option, "n") != "y":
         hint = ("kexec_file_load exists on x86_64 only; use kexec_load"
                 if method == "kexec_file_load" and arch.elf_class == 32

@@ -49,6 +49,11 @@ def cpu_flags(cpuinfo: str) -> list[str]:
     return m.group(1).split() if m else []
 
 
+def cpu_count(cpuinfo: str) -> int:
+    """Online CPUs: one 'processor : N' block each in /proc/cpuinfo."""
+    return len(re.findall(r"^processor\s*:", cpuinfo, re.M))
+
+
 def cpu_model_name(cpuinfo: str) -> str:
     m = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
     return m.group(1).strip() if m else ""
@@ -60,6 +65,7 @@ class GuestView:
     config_source: str = ""             # /proc/config.gz, or the build's .config
     config_differences: list[str] = field(default_factory=list)
     cpu_model: str = ""
+    cpus: int = 0
     cpu_flags: list[str] = field(default_factory=list)
     hypervisor: str | None = None       # what the kernel detected; None under TCG
     errors: dict[str, str] = field(default_factory=dict)
@@ -88,7 +94,7 @@ def read_view(run: Runner, built_config: str) -> GuestView:
         v.errors["config"] = out.strip()[:200]
     status, out = run("cat /proc/cpuinfo")
     if status == 0:
-        v.cpu_flags, v.cpu_model = cpu_flags(out), cpu_model_name(out)
+        v.cpu_flags, v.cpu_model, v.cpus = cpu_flags(out), cpu_model_name(out), cpu_count(out)
     else:
         v.errors["cpuinfo"] = out.strip()[:200]
     status, out = run("dmesg | grep 'Hypervisor detected' || true")
@@ -97,9 +103,12 @@ def read_view(run: Runner, built_config: str) -> GuestView:
     return v
 
 
-def mismatches(v: GuestView, asked_cmdline: str, accel: str) -> list[str]:
+def mismatches(v: GuestView, asked_cmdline: str, accel: str, smp: int) -> list[str]:
     """How what runs differs from what was asked; empty when it is what was asked."""
     found = [f"could not read {what}: {why}" for what, why in v.errors.items()]
+    if "cpuinfo" not in v.errors and v.cpus != smp:
+        # e.g. a kernel without ACPI enumerates only the boot CPU under QEMU
+        found.append(f"the guest runs {v.cpus} CPU(s), QEMU was given {smp}")
     # /proc/cmdline is the string QEMU passed, quotes and all: compare words as given.
     running = set(v.cmdline.split())
     missing = [t for t in asked_cmdline.split() if t not in running]

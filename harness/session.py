@@ -111,7 +111,7 @@ def run(cell: Cell, ctx: cpa.CellContext, run_dir: Path, mode: str, out: TextIO)
         write_known_hosts(run_dir, access.port, g.host_key)
         view = runtime.read_view(g.run, ctx.build.config_text())
         res.guest = view.to_json()
-        problems = runtime.mismatches(view, res.cmdline, res.accel)
+        problems = runtime.mismatches(view, res.cmdline, res.accel, cell.smp)
         boot = stats.collect(g.run, "boot", cell.arch)
         res.stats = {"boot": boot.to_json()}
         for p in problems:

@@ -29,6 +29,14 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     (["boot", "--arch", "arm64"], 2, "invalid choice"),
     (["boot", "--arch", "x86_64", "--memory", "0"], 2, "--memory must be at least 1"),
     (["frobnicate"], 2, "invalid choice"),
+    (["boot", "--arch", "i386-pae", "--kexec", "kexec_file_load"], 2,
+     "kexec_file_load exists on x86_64 only"),
+    (["boot", "--arch", "x86_64", "--kexec", "kexec_jump"], 2, "invalid choice"),
+    (["boot", "--arch", "x86_64", "--kexec-target", "/boot"], 2, "--kexec-target needs --kexec"),
+    (["boot", "--arch", "x86_64", "--interactive", "--ssh"], 2, "not allowed with"),
+    (["run", "--kexec-rounds", "0"], 2, "--kexec-rounds must be at least 1"),
+    (["ssh", "/nonexistent-run"], 2, "is not a cpa-harness run directory"),
+    (["ssh", "/tmp"], 2, "is not a cpa-harness run directory"),
     (["parse", "/nonexistent.log"], 2, "/nonexistent.log"),
     (["parse", "/"], 2, "directory"),
 ])
@@ -47,6 +55,18 @@ def test_list_cells(capsys: pytest.CaptureFixture[str]) -> None:
     assert out == ["x86_64-gbpages", "x86_64-debug-pagealloc", "i386-pae", "i386"]
     assert main(["run", "--list", "--cell", "i386*"]) == 0
     assert capsys.readouterr().out.split() == ["i386-pae", "i386"]
+
+
+def test_ssh_to_a_run_with_no_guest_up(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    guest = tmp_path / "cells" / "i386" / "guest.json"
+    guest.parent.mkdir(parents=True)
+    # a guest that has gone: its QEMU pid is no longer running
+    guest.write_text('{"port": 2222, "key": "k", "host_key": "ssh-ed25519 AAAA", '
+                     '"qemu_pid": 999999999}')
+    code, err = run(["ssh", str(tmp_path)], capsys)
+    assert code == 2 and f"no guest of {tmp_path} is running" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_out_dir_not_creatable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -447,3 +447,24 @@ def test_init_is_valid_sh_and_prints_the_markers() -> None:
     assert "ip addr add 10.0.2.15/24 dev eth0" in text
     assert "ip route add default via 10.0.2.2" in text
     assert "set -e" not in text.replace("'set -e'", "")
+
+
+def test_a_run_key_is_appended_as_a_second_archive(tmp_path: Path) -> None:
+    base = tmp_path / "base.cpio"
+    _sample(tmp_path).write(base)
+    out = initramfs.with_authorized_key(base, KEY, tmp_path / "run" / "initrd.cpio")
+    data = out.read_bytes()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    first = base.read_bytes()
+    assert data.startswith(first)
+    # the kernel skips the zero padding and needs the next archive 4-aligned
+    second_at = len(first) + (-len(first) % 512)
+    assert second_at % 4 == 0 and set(data[len(first):second_at]) <= {0}
+    entries = {name: (mode, body) for name, mode, _, _, body in
+               initramfs.iter_cpio(data[second_at:])}
+    assert entries["root"][0] == stat.S_IFDIR | 0o700    # not widened by the second archive
+    assert entries["root/.ssh"][0] == stat.S_IFDIR | 0o700
+    assert entries["root/.ssh/authorized_keys"] == (stat.S_IFREG | 0o600, (KEY + "\n").encode())
+    assert len(data) - len(first) < 1024
+    with pytest.raises(UserError, match="one line"):
+        initramfs.with_authorized_key(base, "a\nb", tmp_path / "x.cpio")

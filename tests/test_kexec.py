@@ -101,6 +101,7 @@ def test_the_load_command_quotes_the_command_line() -> None:
     hostile = "console=ttyS0 foo='a b'; rm -rf / $(reboot)"
     cmd = kexec.load_command("kexec_file_load", hostile)
     words = shlex.split(cmd)
-    assert words[:4] == ["kexec", "-s", kexec.GUEST_IMAGE, f"--initrd={kexec.GUEST_INITRD}"]
-    assert words[4:] == [f"--command-line={hostile}"]
+    assert words[:5] == ["kexec", "-s", "-l", kexec.GUEST_IMAGE,
+                         f"--initrd={kexec.GUEST_INITRD}"]
+    assert words[5:] == [f"--command-line={hostile}"]
     assert shlex.split(kexec.load_command("kexec_load", "x"))[1] == "-l"

@@ -64,6 +64,45 @@ def test_each_cell_ran_the_selftest(smoke: tuple[int, Path], name: str) -> None:
     assert "CPA self-test:" in log and "CPA-HARNESS-READY" in log
 
 
+@pytest.mark.parametrize("name", ["x86_64-gbpages", "x86_64-debug-pagealloc", "i386-pae", "i386"])
+def test_each_cell_was_checked_over_ssh(smoke: tuple[int, Path], name: str) -> None:
+    r = cell(smoke[1], name)
+    assert r["ssh"]["host_key"].startswith("ssh-ed25519 ") and r["ssh"]["port"] > 1024
+    g = r["guest"]
+    # what ran is what was asked: every word of the command line, the build's own config
+    assert set(r["cmdline"].split()) <= set(g["cmdline"].split())
+    assert g["config_source"] == "/proc/config.gz" and g["config_differences"] == []
+    assert g["errors"] == {} and "pae" in g["cpu_flags"]
+    assert g["hypervisor"] == ("KVM" if r["accel"] == "kvm" else None)
+    labels = [s["label"] for s in r["stats"]["snapshots"]]
+    assert labels == ["boot", "first-pass", "period-2"]
+    assert all(s["errors"] == {} and s["absent"] == [] for s in r["stats"]["snapshots"])
+
+
+def test_kexec_round_trips_are_proven(smoke: tuple[int, Path]) -> None:
+    """Each trip: the fresh nonce is in the new kernel's command line, the boot id
+    is new, and the new kernel ran its own CPA self-test to a pass."""
+    trips = {name: cell(smoke[1], name)["kexec"] for name in ("x86_64-gbpages", "i386-pae")}
+    assert [t["method"] for t in trips["x86_64-gbpages"]] == ["kexec_load", "kexec_file_load"]
+    assert [t["method"] for t in trips["i386-pae"]] == ["kexec_load"]
+    for name, ts in trips.items():
+        r = cell(smoke[1], name)
+        ids = [r["boot_id"]] + [t["boot_id_after"] for t in ts]
+        assert len(set(ids)) == len(ids)
+        for n, t in enumerate(ts, 1):
+            assert t["verified"] and t["selftest"] == "pass" and t["error"] == ""
+            assert t["boot_id_before"] == ids[n - 1]
+            assert f"cpa_harness.nonce={t['nonce']}" in t["cmdline_after"].split()
+            assert t["boot"] == n and 0 < t["seconds_to_ready"] < 300
+            assert all(t["stats"][w]["ptdump"] for w in ("before", "after", "first_pass"))
+        # the console kept the boots apart: each but the last ended by kexec
+        assert [b["ended_by"] for b in r["boots"]][:-1] == ["kexec"] * len(ts)
+        assert [p["boot"] for p in r["cpa_selftest"]] == list(range(len(ts) + 1))
+    # GB pages back the direct map again in each kexec'd kernel as it boots
+    for t in trips["x86_64-gbpages"]:
+        assert t["stats"]["after"]["ptdump"]["DirectMap1G"] > 0
+
+
 def mapped(r: dict[str, Any], when: str) -> dict[str, int]:
     """The direct map by page size, from the page-table dump (what is really mapped)."""
     dump: dict[str, int] = r["stats"][when]["ptdump"]

@@ -138,7 +138,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         res.failures.append(FailureRecord(kind="hang", title=f"hang: {e}", line=0,
                                           boot=_boot_index(m), report=m.tail()))
     except KexecFailed as e:
-        res.verdict, res.reason = Verdict.FAIL, str(e)
+        res.verdict, res.reason = Verdict.FAIL, f"kexec: {e}"
         res.failures.append(FailureRecord(kind="kexec", title=str(e), line=0,
                                           boot=_boot_index(m), report=m.tail()))
     except (GuestExited, OSError) as e:
@@ -167,7 +167,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
 def _check_runtime(res: CellResult, cell: Cell, view: runtime.GuestView,
                    boot: stats.Snapshot, booted: dict[str, Any]) -> None:
     """Fail the cell now if what runs is not what it asked for or expects."""
-    problems = runtime.mismatches(view, res.cmdline, res.accel)
+    problems = runtime.mismatches(view, res.cmdline, res.accel, cell.smp)
     if booted.get("debug_pagealloc") and boot.ptdump:
         large = {k: v for k, v in boot.ptdump.items()
                  if k in ("DirectMap2M", "DirectMap4M", "DirectMap1G") and v}
@@ -208,19 +208,19 @@ def _round_trip(res: CellResult, cell: Cell, ctx: CellContext, g: Guest, t: Time
         rt.error = (loaded.stderr or loaded.stdout).strip()[:500]
         record()
         first = rt.error.splitlines()[0] if rt.error else f"status {loaded.status}"
-        raise KexecFailed(f"kexec: {method} did not load the target: {first}")
+        raise KexecFailed(f"{method} did not load the target: {first}")
     g.exec(kexec.EXECUTE, t.command)
     g.close_ssh()
     started = time.monotonic()
     try:
         m.wait_for(kexec.STARTING_RE, t.command, "'Starting new kernel' after kexec -e")
     except GuestHang:
-        raise KexecFailed(f"kexec: no 'Starting new kernel' within {t.command:.0f}s of "
+        raise KexecFailed(f"no 'Starting new kernel' within {t.command:.0f}s of "
                           f"kexec -e ({method})") from None
     try:
         rt.boot_id_after = g.boot(t.boot, t.ssh)
     except GuestHang:
-        raise KexecFailed(f"kexec: the new kernel did not reach its ready marker within "
+        raise KexecFailed(f"the new kernel did not reach its ready marker within "
                           f"{t.boot:.0f}s ({method})") from None
     rt.seconds_to_ready = round(time.monotonic() - started, 1)
     rt.boot = _boot_index(m)
@@ -231,12 +231,16 @@ def _round_trip(res: CellResult, cell: Cell, ctx: CellContext, g: Guest, t: Time
     record()
     if not rt.verified:
         why = "the nonce is not in /proc/cmdline" if not nonce_seen else "the boot id is unchanged"
-        raise KexecFailed(f"kexec: the kernel running after {method} is not the one loaded "
+        raise KexecFailed(f"the kernel running after {method} is not the one loaded "
                           f"({why})")
+    # The new kernel's direct map as it booted (GB pages again?), then after its self-test.
+    rt.stats["after"] = stats.collect(g.run, f"after-kexec-{n + 1}", cell.arch).to_json()
+    record()
     m.wait_until(lambda: bool(_passes(m)), t.first_pass,
                  "CPA self-test verdict in the kexec'd kernel")
     rt.selftest = _passes(m)[0].get("result", "")
-    rt.stats["after"] = stats.collect(g.run, f"after-kexec-{n + 1}", cell.arch).to_json()
+    rt.stats["first_pass"] = stats.collect(g.run, f"kexec-{n + 1}-first-pass",
+                                           cell.arch).to_json()
     record()
 
 
