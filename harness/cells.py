@@ -40,6 +40,9 @@ class Cell:
     kexec: tuple[str, ...] = ()     # kexec methods, one round trip each, in order
     kexec_rounds: int = 1           # the kexec sequence, this many times in a row
     ssh: bool = True
+    numa_nodes: int = 1
+    workload: str = ""              # a guest shell command run in the background while
+                                    # the periods after the first pass are watched
 
     def kexec_trips(self) -> list[str]:
         return list(self.kexec) * self.kexec_rounds

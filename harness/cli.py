@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import re
 import signal
 import sys
 from pathlib import Path
@@ -72,9 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="build kernels and run the smoke matrix")
     _add_source(run)
     _add_run(run)
-    run.add_argument("--cell", action="append", default=[], metavar="PATTERN",
+    run.add_argument("--matrix", type=Path, metavar="FILE",
+                     help="a TOML matrix of cells, e.g. ci/nightly.toml (default: the smoke "
+                          "matrix)")
+    run.add_argument("--cell", "--only", action="append", default=[], metavar="PATTERN",
                      help="run only cells whose name matches (shell-style, repeatable)")
+    run.add_argument("--shard", metavar="I/N",
+                     help="run the I-th of N stable parts of the cells (1-based); join the "
+                          "parts with 'cpa-harness merge'")
     run.add_argument("--list", action="store_true", help="list the cells and exit")
+
+    merge = sub.add_parser("merge", help="join the result directories of a sharded run")
+    merge.add_argument("out", type=Path, metavar="OUT", help="a new directory")
+    merge.add_argument("runs", type=Path, nargs="+", metavar="RUN")
+
+    report = sub.add_parser("report", help="print a run's verdict table again, from disk")
+    report.add_argument("run", type=Path, metavar="RUN")
 
     boot = sub.add_parser("boot", help="build one kernel and run the CPA scenario on it")
     _add_source(boot)
@@ -117,15 +131,33 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _select(patterns: list[str]) -> list[Cell]:
-    """The smoke matrix by default; --cell patterns choose among all cells."""
-    if not patterns:
-        return list(SMOKE)
-    chosen = [c for c in ALL_CELLS if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
-    if not chosen:
-        raise UserError(f"no cell matches {' '.join(patterns)}",
-                        f"cells: {', '.join(c.name for c in ALL_CELLS)}")
+def _select(patterns: list[str], matrix: Path | None = None,
+            shard: str | None = None) -> list[Cell]:
+    """The smoke matrix (or --matrix) by default; --cell patterns choose among its cells
+    (among all built-in cells without --matrix); --shard takes a stable part."""
+    if matrix is not None:
+        from harness.matrix import load
+        universe, default = list(load(matrix).cells), list(load(matrix).cells)
+    else:
+        universe, default = list(ALL_CELLS), list(SMOKE)
+    chosen = default
+    if patterns:
+        chosen = [c for c in universe if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+        if not chosen:
+            raise UserError(f"no cell matches {' '.join(patterns)}",
+                            f"cells: {', '.join(c.name for c in universe)}")
+    if shard is not None:
+        index, count = _shard(shard)
+        # round robin over the matrix's order: the same cells land in the same part
+        chosen = [c for n, c in enumerate(chosen) if n % count == index - 1]
     return chosen
+
+
+def _shard(spec: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)/(\d+)", spec)
+    if m is None or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise UserError(f"bad --shard {spec!r}", "write I/N with 1 <= I <= N, e.g. 2/4")
+    return int(m.group(1)), int(m.group(2))
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -192,7 +224,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            cells = _select(args.cell)
+            cells = _select(args.cell, args.matrix, args.shard)
             if args.list:
                 print("\n".join(c.name for c in cells))
                 return 0
@@ -214,6 +246,17 @@ def main(argv: list[str]) -> int:
             return ssh_into_run(args.run, args.cell, args.remote, sys.stdout)
         if args.command == "build":
             return _do_build(args)
+        if args.command == "merge":
+            from harness.merge import merge
+            merged = merge(args.out, args.runs)
+            print_table(merged, sys.stdout)
+            sys.stdout.write(f"\nmerged {len(args.runs)} runs into {args.out}\n")
+            return run_exit_code([r.verdict for r in merged])
+        if args.command == "report":
+            from harness.merge import load_run
+            loaded = load_run(args.run)
+            print_table(loaded, sys.stdout)
+            return run_exit_code([r.verdict for r in loaded])
         if args.command == "doctor":
             from harness.doctor import doctor
             return doctor(paths.cache_dir(), args.tree, sys.stdout)

@@ -42,6 +42,7 @@ class QemuParams:
     initrd: Path
     ssh_port: int | None = None     # forwarded from 127.0.0.1 to the guest's port 22
     qmp_socket: Path | None = None
+    numa_nodes: int = 1             # memory and CPUs split evenly between nodes
     extra: tuple[str, ...] = field(default_factory=tuple)
 
     def full_cmdline(self) -> str:
@@ -69,7 +70,23 @@ def qemu_argv(p: QemuParams) -> list[str]:
                  "-device", "virtio-net-pci,netdev=net0"]
     if p.qmp_socket is not None:
         argv += ["-qmp", f"unix:{p.qmp_socket},server=on,wait=off"]
+    argv += numa_argv(p.numa_nodes, p.memory_mb, p.smp)
     return argv + list(p.extra)
+
+
+def numa_argv(nodes: int, memory_mb: int, smp: int) -> list[str]:
+    """One RAM backend per node (QEMU dropped '-numa node,mem=' for current
+    machine types); CPUs go round-robin. The guest sees the nodes through ACPI SRAT."""
+    if nodes <= 1:
+        return []
+    argv: list[str] = []
+    for n in range(nodes):
+        size = memory_mb // nodes + (memory_mb % nodes if n == nodes - 1 else 0)
+        cpus = [c for c in range(smp) if c % nodes == n]
+        argv += ["-object", f"memory-backend-ram,id=mem{n},size={size}M",
+                 "-numa", f"node,nodeid={n},memdev=mem{n}"
+                 + "".join(f",cpus={c}" for c in cpus)]
+    return argv
 
 
 def show_command(p: QemuParams) -> str:

@@ -11,7 +11,7 @@ import enum
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
 from xml.etree import ElementTree as ET
@@ -88,6 +88,9 @@ class CellResult:
     kexec: list[dict[str, Any]] = field(default_factory=list)   # kexec.RoundTrip each
     boots: list[dict[str, Any]] = field(default_factory=list)   # every boot the console saw
     serial_tail: list[str] = field(default_factory=list)    # context for infrastructure errors
+    flush: dict[str, Any] = field(default_factory=dict)     # flush accounting windows
+    workload: dict[str, Any] = field(default_factory=dict)
+    numa_nodes: int = 1
     retried_after: str = ""     # the infrastructure error of a first attempt
     started: float = field(default_factory=time.time)
 
@@ -95,6 +98,15 @@ class CellResult:
         d = asdict(self)
         d["verdict"] = self.verdict.value
         return d
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> CellResult:
+        """A result read back from its result.json; unknown keys (newer harness) are kept out."""
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in doc.items() if k in known}
+        d["verdict"] = Verdict(d.get("verdict", "not-run"))
+        d["failures"] = [FailureRecord(**f) for f in d.get("failures", [])]
+        return cls(**d)
 
     def splits_summary(self) -> str:
         """The first pass's last split line: what the self-test left behind."""
@@ -105,6 +117,15 @@ class CellResult:
                                                              else "")
         return "-"
 
+
+    def flush_summary(self) -> str:
+        """The first window's flush calls: full write-backs, CLFLUSH ranges, TLB flushes."""
+        windows = self.flush.get("windows") or []
+        if not windows:
+            return "n/a" if self.flush.get("unavailable") else "-"
+        g = windows[0]["groups"]
+        return (f"wbinvd {g['full_flush']} clflush {g['cache_range']} "
+                f"tlb {g['cpa_tlb'] + g['global_tlb']} ipi {g['ipi']}")
 
     def kexec_summary(self) -> str:
         """Round trips proven (nonce and boot id) and self-tested, of those tried."""
@@ -190,7 +211,7 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
 
 def print_table(cells: list[CellResult], out: TextIO) -> None:
     rows = [("cell", "verdict", "accel", "self-test", "splits (last line)", "direct map mapped",
-             "kexec", "time", "reason")]
+             "flushes (first pass)", "kexec", "time", "reason")]
     for c in cells:
         passes = [p.get("result", "?") for p in c.cpa_selftest]
         # What is really mapped (the page-table dump) when the kernel has it;
@@ -201,7 +222,8 @@ def print_table(cells: list[CellResult], out: TextIO) -> None:
         dm = " ".join(f"{k}:{v // 1024}M" for k, v in mapped.items() if v)
         rows.append((c.name, c.verdict.value.upper(), c.accel or "-",
                      ",".join(passes) or "-", c.splits_summary(), dm or "-",
-                     c.kexec_summary(), f"{c.durations.get('total', 0):.0f}s", c.reason))
+                     c.flush_summary(), c.kexec_summary(),
+                     f"{c.durations.get('total', 0):.0f}s", c.reason))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         out.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1]

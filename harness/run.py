@@ -103,7 +103,14 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
     finally:
         meta["finished"] = time.time()
         write_summary(run_dir, list(results.values()), meta)
+        _drop_keyed_images(run_dir)
     return list(results.values())
+
+
+def _drop_keyed_images(run_dir: Path) -> None:
+    """The cached image plus the run's key: 7 MB each, remade in a moment, not a result."""
+    for img in (run_dir / "ssh").glob("initrd-*.cpio"):
+        img.unlink(missing_ok=True)
 
 
 T = TypeVar("T")
@@ -203,6 +210,7 @@ def run_session(cell: Cell, opts: RunOptions, run_dir: Path, cache: Path, mode: 
         write_cell(run_dir, res)
         meta["finished"] = time.time()
         write_summary(run_dir, [res], meta)
+        _drop_keyed_images(run_dir)
     return res
 
 

@@ -33,6 +33,18 @@ def test_argv_with_ssh_and_qmp(golden: Callable[[str, str], None]) -> None:
     golden("qemu-x86_64-ssh-qmp.argv", qemu.show_command(p) + "\n")
 
 
+def test_two_numa_nodes_split_memory_and_cpus(golden: Callable[[str, str], None]) -> None:
+    arch = ARCHES["x86_64"]
+    p = qemu.QemuParams(arch=arch, accel="tcg", cpu="max", memory_mb=3000, smp=3, cmdline="",
+                        kernel=Path("/k/bzImage"), initrd=Path("/k/i.cpio"), numa_nodes=2)
+    argv = qemu.qemu_argv(p)
+    assert argv[argv.index("-m") + 1] == "3000"
+    assert "memory-backend-ram,id=mem0,size=1500M" in argv
+    assert "node,nodeid=0,memdev=mem0,cpus=0,cpus=2" in argv
+    assert "node,nodeid=1,memdev=mem1,cpus=1" in argv
+    golden("qemu-x86_64-numa.argv", qemu.show_command(p) + "\n")
+
+
 def test_tcg_probe_runs_guest_code() -> None:
     """The probe firmware really executes: TCG exits through isa-debug-exit."""
     assert qemu.run_probe("qemu-system-x86_64", "tcg", "max") is None

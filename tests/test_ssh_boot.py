@@ -11,6 +11,7 @@ and connect()'s deadline against a port that resets every connection.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -144,28 +145,9 @@ def test_connect_gives_up_at_the_deadline(tmp_path: Path) -> None:
 
 # --- a real guest -----------------------------------------------------------
 
-class Drain:
+def Drain(m: Machine) -> contextlib.AbstractContextManager[None]:
     """Read the serial console while ssh works: a full pty would stall the guest."""
-
-    def __init__(self, m: Machine) -> None:
-        self.m = m
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self.stop.is_set() and self.m.alive():
-            try:
-                self.m.watch(0.2)
-            except Exception:
-                return
-
-    def __enter__(self) -> Drain:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
+    return m.draining()
 
 
 @dataclass

@@ -9,12 +9,13 @@ stopped running is caught as a hang rather than mistaken for a quiet one.
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import kexec, runtime, stats
+from harness import flush, kexec, runtime, stats
 from harness.build import Build
 from harness.cells import Cell
 from harness.errors import HarnessError, InfraError, UserError
@@ -62,14 +63,16 @@ class CellContext:
 def qemu_params(cell: Cell, ctx: CellContext, ssh_port: int | None = None) -> QemuParams:
     return QemuParams(arch=cell.arch_params, accel=ctx.accel.accel, cpu=cell.cpu_model,
                       memory_mb=cell.memory_mb, smp=cell.smp, cmdline=cell.cmdline,
-                      kernel=ctx.build.image, initrd=ctx.initrd, ssh_port=ssh_port)
+                      kernel=ctx.build.image, initrd=ctx.initrd, ssh_port=ssh_port,
+                      numa_nodes=cell.numa_nodes)
 
 
 def new_result(cell: Cell, ctx: CellContext) -> CellResult:
     """A cell's result with what is known before it boots."""
     return CellResult(name=cell.name, arch=cell.arch, scenario=cell.scenario,
                       accel=ctx.accel.accel, accel_reason=ctx.accel.reason, cpu=cell.cpu_model,
-                      memory_mb=cell.memory_mb, smp=cell.smp, source_id=ctx.build.source_id,
+                      memory_mb=cell.memory_mb, smp=cell.smp, numa_nodes=cell.numa_nodes,
+                      source_id=ctx.build.source_id,
                       build_dir=str(ctx.build.dir), build_cached=ctx.build.cached,
                       config_hash=ctx.build.config_hash, cmdline=cell.cmdline)
 
@@ -111,13 +114,21 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         boot = stats.collect(g.run, "boot", cell.arch)
         res.stats = {"boot": boot.to_json()}
         _check_runtime(res, cell, view, boot, _boot(m))
+        prof = _profiler(g, res)
         m.wait_until(lambda: bool(_passes(m)), t.first_pass, "CPA self-test verdict")
         res.durations["to_first_pass"] = time.monotonic() - start
+        _close_window(prof, res, "first-pass", again=cell.periods > 0)
         snaps = [boot, stats.collect(g.run, "first-pass", cell.arch)]
+        workload = _start_workload(g, cell, res)
         for n in range(cell.periods):
             _watch_period(m, t)
             res.periods_watched += 1
+            _close_window(prof, res, f"period-{n + 2}", again=n + 1 < cell.periods)
             snaps.append(stats.collect(g.run, f"period-{n + 2}", cell.arch))
+        if prof:
+            prof.teardown()
+        if workload:
+            g.run(f"kill {workload}")
         after = snaps[-1]
         res.durations["to_verdict"] = time.monotonic() - start
         res.stats.update({"after_selftest": after.to_json(),
@@ -180,6 +191,48 @@ def _check_runtime(res: CellResult, cell: Cell, view: runtime.GuestView,
     if problems:
         raise RuntimeMismatch("runtime check failed: " + "; ".join(problems),
                               "the guest is not running what the cell describes")
+
+
+def _start_workload(g: Guest, cell: Cell, res: CellResult) -> str:
+    """Start the cell's workload in the background; its pid, or '' without one."""
+    if not cell.workload:
+        return ""
+    status, out = g.run(f"sh -c {shlex.quote(cell.workload)} </dev/null >/dev/null 2>&1 & "
+                        "echo $!")
+    pid = out.strip()
+    if status != 0 or not pid.isdigit():
+        raise InfraError(f"the workload did not start: {out.strip()[:200]}")
+    res.workload = {"command": cell.workload, "pid": int(pid)}
+    return pid
+
+
+def _profiler(g: Guest, res: CellResult) -> flush.Profiler | None:
+    """Flush accounting from now on, or the reason it cannot be had (recorded)."""
+    kvm = res.accel == "kvm"
+    prof = flush.Profiler(g.run, show_times=kvm)
+    res.flush = {"windows": [], "timing": "time per call shown (KVM)" if kvm else
+                 "time per call withheld: under TCG it measures the emulator, not the CPU"}
+    try:
+        prof.setup()
+        prof.start()
+    except flush.Unavailable as e:
+        res.flush["unavailable"] = str(e)
+        return None
+    res.flush.update(traceable=prof.traceable, untraceable=prof.untraceable)
+    return prof
+
+
+def _close_window(prof: flush.Profiler | None, res: CellResult, label: str,
+                  again: bool) -> None:
+    """End one counting window (a self-test period) and start the next."""
+    if prof is None:
+        return
+    try:
+        res.flush["windows"].append(prof.stop(label).to_json())
+        if again:
+            prof.start()
+    except flush.Unavailable as e:
+        res.flush["unavailable"] = f"window {label}: {e}"
 
 
 def _round_trip(res: CellResult, cell: Cell, ctx: CellContext, g: Guest, t: Timeouts,

@@ -1,0 +1,192 @@
+"""Matrix files: named cells in TOML, checked before anything is built.
+
+    [defaults]              # any cell key, for every cell below
+    periods = 1
+
+    [[cell]]
+    name = "x86_64-gbpages"
+    arch = "x86_64"         # x86_64, i386-pae, i386
+    cmdline = "nokaslr"
+    cpu = "max"             # QEMU -cpu (default: the arch's)
+    memory = 4096           # MB
+    smp = 2
+    numa = 1                # NUMA nodes (memory and CPUs split evenly)
+    scenario = "cpa"        # or "selfcheck"
+    periods = 1             # self-test periods watched after the first pass
+    kexec = ["kexec_load", "kexec_file_load"]
+    kexec_rounds = 1
+    workload = "..."        # guest shell command run while the periods are watched
+    fragments = []          # extra Kconfig fragments (each distinct set is a build)
+    expect = { gbpages = true, debug_pagealloc = false, direct_map_all_4k = false }
+
+A mistake names the file, the cell and the key, in one line (exit 2).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import kconfig
+from harness.arches import ARCHES, get_arch
+from harness.cells import KERNEL_FRAGMENTS, Cell, Expect
+from harness.errors import UserError
+from harness.kexec import METHODS, check_method
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SCENARIOS = ("cpa", "selfcheck")
+TOP_KEYS = {"description", "defaults", "cell"}
+# key -> (type, check or None); bool is not an int here
+CELL_KEYS: dict[str, type] = {
+    "name": str, "arch": str, "cmdline": str, "cpu": str, "memory": int, "smp": int,
+    "numa": int, "scenario": str, "periods": int, "kexec": list, "kexec_rounds": int,
+    "workload": str, "fragments": list, "expect": dict,
+}
+EXPECT_KEYS = ("gbpages", "debug_pagealloc", "direct_map_all_4k")
+
+
+@dataclass(frozen=True)
+class Matrix:
+    path: Path
+    description: str
+    cells: tuple[Cell, ...]
+
+
+class _Where:
+    """Error lines that name the file, the cell and the key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, cell: str | None, key: str | None, problem: str, hint: str = "") -> UserError:
+        where = str(self.path)
+        if cell is not None:
+            where += f": cell {cell!r}"
+        if key is not None:
+            where += f": key {key!r}"
+        return UserError(f"{where}: {problem}", hint)
+
+
+def load(path: Path) -> Matrix:
+    where = _Where(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"cannot read matrix {path}: {e.strerror}", "check the path") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise where.fail(None, None, f"not valid TOML ({e})") from None
+    unknown = sorted(set(doc) - TOP_KEYS)
+    if unknown:
+        raise where.fail(None, unknown[0], "unknown top-level key",
+                         f"allowed: {', '.join(sorted(TOP_KEYS))}")
+    defaults = doc.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise where.fail(None, "defaults", "must be a table")
+    _check_keys(where, "[defaults]", defaults, allow_name=False)
+    raw_cells = doc.get("cell", [])
+    if not isinstance(raw_cells, list) or not raw_cells:
+        raise where.fail(None, "cell", "no [[cell]] tables", "declare at least one cell")
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    for n, raw in enumerate(raw_cells, 1):
+        if not isinstance(raw, dict):
+            raise where.fail(f"#{n}", None, "a cell must be a table")
+        name = raw.get("name")
+        label = name if isinstance(name, str) else f"#{n}"
+        _check_keys(where, label, raw, allow_name=True)
+        if not isinstance(name, str):
+            raise where.fail(label, "name", "missing")
+        if not NAME_RE.match(name):
+            raise where.fail(name, "name", "use letters, digits, '.', '_' and '-'")
+        if name in seen:
+            raise where.fail(name, "name", "a second cell has this name")
+        seen.add(name)
+        cells.append(_cell(where, name, {**defaults, **raw}))
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise where.fail(None, "description", "must be a string")
+    return Matrix(path, description, tuple(cells))
+
+
+def _check_keys(where: _Where, label: str, raw: dict[str, Any], allow_name: bool) -> None:
+    for key, value in raw.items():
+        if key not in CELL_KEYS or (key == "name" and not allow_name):
+            raise where.fail(label, key, "unknown key",
+                             f"cell keys: {', '.join(sorted(CELL_KEYS))}")
+        want = CELL_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, want):
+            raise where.fail(label, key, f"must be {'an' if want is int else 'a'} "
+                                         f"{_type_name(want)}, not {value!r}")
+
+
+def _type_name(t: type) -> str:
+    return {str: "string", int: "integer", list: "list", dict: "table"}[t]
+
+
+def _positive(where: _Where, name: str, raw: dict[str, Any], key: str, default: int,
+              low: int = 1) -> int:
+    value: int = raw.get(key, default)
+    if value < low:
+        raise where.fail(name, key, f"must be at least {low}, not {value}")
+    return value
+
+
+def _cell(where: _Where, name: str, raw: dict[str, Any]) -> Cell:
+    arch_name = raw.get("arch")
+    if arch_name is None:
+        raise where.fail(name, "arch", "missing", f"one of {', '.join(ARCHES)}")
+    if arch_name not in ARCHES:
+        raise where.fail(name, "arch", f"unknown arch {arch_name!r}",
+                         f"one of {', '.join(ARCHES)}")
+    arch = get_arch(arch_name)
+    scenario = raw.get("scenario", "cpa")
+    if scenario not in SCENARIOS:
+        raise where.fail(name, "scenario", f"unknown scenario {scenario!r}",
+                         f"one of {', '.join(SCENARIOS)}")
+    fragments = list(KERNEL_FRAGMENTS[arch_name])
+    for f in raw.get("fragments", []):
+        if not isinstance(f, str):
+            raise where.fail(name, "fragments", f"entries must be strings, not {f!r}")
+        try:
+            kconfig.fragment_path(f)
+        except UserError as e:
+            raise where.fail(name, "fragments", e.message, e.hint) from None
+        if f not in fragments:
+            fragments.append(f)
+    kexec = raw.get("kexec", [])
+    for method in kexec:
+        if method not in METHODS:
+            raise where.fail(name, "kexec", f"unknown method {method!r}",
+                             f"one of {', '.join(METHODS)}")
+        try:
+            check_method(method, arch)
+        except UserError as e:
+            raise where.fail(name, "kexec", e.message, e.hint) from None
+    expect_raw = raw.get("expect", {})
+    for key, value in expect_raw.items():
+        if key not in EXPECT_KEYS:
+            raise where.fail(name, f"expect.{key}", "unknown key",
+                             f"expect keys: {', '.join(EXPECT_KEYS)}")
+        if not isinstance(value, bool):
+            raise where.fail(name, f"expect.{key}", f"must be true or false, not {value!r}")
+    if expect_raw.get("gbpages") and arch.elf_class == 32:
+        raise where.fail(name, "expect.gbpages", "GB pages exist on x86_64 only")
+    smp = _positive(where, name, raw, "smp", 2)
+    numa = _positive(where, name, raw, "numa", 1)
+    if numa > smp:
+        raise where.fail(name, "numa", f"{numa} nodes need at least {numa} CPUs (smp = {smp})")
+    if scenario == "selfcheck" and kexec:
+        raise where.fail(name, "kexec", "the selfcheck scenario does no kexec")
+    return Cell(
+        name=name, arch=arch_name, fragments=tuple(fragments), cmdline=raw.get("cmdline", ""),
+        cpu=raw.get("cpu"), memory_mb=_positive(where, name, raw, "memory", 2048, low=64),
+        smp=smp, numa_nodes=numa, scenario=scenario,
+        periods=_positive(where, name, raw, "periods", 1, low=0),
+        expect=Expect(**expect_raw), kexec=tuple(kexec),
+        kexec_rounds=_positive(where, name, raw, "kexec_rounds", 1),
+        ssh=scenario == "cpa", workload=raw.get("workload", ""))

@@ -1,0 +1,86 @@
+"""Join the result directories of a sharded run into one.
+
+CI runs `cpa-harness run --shard I/N` in N parallel jobs; `cpa-harness merge
+OUT RUN...` puts their cells into OUT with one summary and one JUnit file, as
+if one job had run them all. Shards of different sources, or two shards that
+ran the same cell, are refused: a merged result must mean one thing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.results import CellResult, write_cell, write_summary
+
+
+def _summary(run: Path) -> dict[str, Any]:
+    path = run / "summary.json"
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}", "give result directories of "
+                        "'cpa-harness run'") from None
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+    return doc
+
+
+def load_run(run: Path) -> list[CellResult]:
+    """Every cell of a run directory, in the summary's order."""
+    cells = []
+    for entry in _summary(run).get("cells", []):
+        path = run / entry["result"]
+        try:
+            cells.append(CellResult.from_json(json.loads(path.read_text())))
+        except OSError:
+            # a cell that never wrote its result (interrupted before it ran)
+            cells.append(CellResult(name=entry["name"], arch=entry.get("arch", "")))
+        except (ValueError, TypeError) as e:
+            raise UserError(f"cannot read {path}: {e}") from None
+    return cells
+
+
+def merge(out: Path, runs: list[Path]) -> list[CellResult]:
+    if not runs:
+        raise UserError("nothing to merge", "give the shards' result directories")
+    summaries = [(run, _summary(run)) for run in runs]
+    sources = {s.get("source_id") for _, s in summaries}
+    if len(sources) > 1:
+        raise UserError(f"the shards ran different sources: {', '.join(map(str, sources))}",
+                        "merge shards of one run only")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty", "merge into a new directory")
+    cells: dict[str, CellResult] = {}
+    origin: dict[str, Path] = {}
+    for run, _ in summaries:
+        for res in load_run(run):
+            if res.name in cells:
+                raise UserError(f"cell {res.name} is in both {origin[res.name]} and {run}",
+                                "each cell belongs to one shard")
+            cells[res.name] = res
+            origin[res.name] = run
+    out.mkdir(parents=True, exist_ok=True)
+    for name, res in cells.items():
+        src = origin[name] / "cells" / name
+        if src.is_dir():
+            shutil.copytree(src, out / "cells" / name, dirs_exist_ok=True)
+        if res.serial_log:
+            res.serial_log = str(out / "cells" / name / Path(res.serial_log).name)
+        write_cell(out, res)
+    meta: dict[str, Any] = {
+        "started": min(s.get("started", 0) for _, s in summaries),
+        "finished": max(s.get("finished", 0) for _, s in summaries),
+        "host": sorted({str(s.get("host")) for _, s in summaries}),
+        "tree": summaries[0][1].get("tree"),
+        "source_id": summaries[0][1].get("source_id"),
+        "kernel_version": summaries[0][1].get("kernel_version"),
+        "cells_requested": [n for _, s in summaries for n in s.get("cells_requested", [])],
+        "interrupted": any(s.get("interrupted") for _, s in summaries),
+        "merged_from": [str(r) for r in runs],
+    }
+    write_summary(out, list(cells.values()), meta)
+    return list(cells.values())
