@@ -9,7 +9,8 @@ from harness.arches import Arch, get_arch
 # Every debug option compiled in, so one build per arch serves every cell; the
 # cells vary by command line and QEMU flags.
 KERNEL_FRAGMENTS: dict[str, tuple[str, ...]] = {
-    "x86_64": ("cpa-test", "debug-pagealloc", "gbpages", "stats", "lkdtm", "flush-accounting"),
+    "x86_64": ("cpa-test", "debug-pagealloc", "gbpages", "stats", "lkdtm", "flush-accounting",
+               "flush-times"),
     "i386-pae": ("cpa-test", "debug-pagealloc", "stats", "lkdtm", "flush-accounting"),
     "i386": ("cpa-test", "debug-pagealloc", "stats", "lkdtm", "flush-accounting"),
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import re
 import signal
 import sys
@@ -23,7 +24,7 @@ from harness.arches import ARCHES, get_arch
 from harness.cells import ALL_CELLS, KERNEL_FRAGMENTS, SMOKE, Cell, Expect
 from harness.errors import BuildError, HarnessError, UserError
 from harness.kexec import METHODS, check_method
-from harness.results import EXIT_INTERRUPTED, print_table, run_exit_code
+from harness.results import EXIT_INTERRUPTED, CellResult, Verdict, print_table, run_exit_code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,6 +63,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    help="build, then print each cell's QEMU command line instead of booting")
     p.add_argument("--kexec-rounds", type=int, metavar="N",
                    help="repeat each cell's kexec round trips N times in a row (default 1)")
+    p.add_argument("--db", type=Path, metavar="FILE",
+                   help="record the run in this history store (default: history.sqlite in "
+                        "the data directory)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run the I-th of N stable parts of the cells (1-based); join the "
                           "parts with 'cpa-harness merge'")
     run.add_argument("--list", action="store_true", help="list the cells and exit")
+    run.add_argument("--resume", type=Path, metavar="RUN",
+                     help="run the cells an interrupted RUN did not finish, into RUN")
 
     merge = sub.add_parser("merge", help="join the result directories of a sharded run")
     merge.add_argument("out", type=Path, metavar="OUT", help="a new directory")
@@ -89,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="print a run's verdict table again, from disk")
     report.add_argument("run", type=Path, metavar="RUN")
+
+    hist = sub.add_parser("history", help="list the runs in the history store")
+    hist.add_argument("--db", type=Path, metavar="FILE", help="the store (default: "
+                      "history.sqlite in the data directory)")
+
+    cmp = sub.add_parser("compare", help="verdict changes and statistic deltas between runs")
+    cmp.add_argument("run_a", metavar="RUN_A", help="a run id from 'history', or a run directory")
+    cmp.add_argument("run_b", metavar="RUN_B")
+    cmp.add_argument("--db", type=Path, metavar="FILE")
 
     boot = sub.add_parser("boot", help="build one kernel and run the CPA scenario on it")
     _add_source(boot)
@@ -165,7 +180,42 @@ def _positive(name: str, value: int | None) -> None:
         raise UserError(f"{name} must be at least 1, not {value}")
 
 
-def _do_run(args: argparse.Namespace, cells: list[Cell]) -> int:
+def matrix_id(path: Path | None) -> dict[str, str]:
+    """What a run was made from, so that --resume can refuse another matrix."""
+    if path is None:
+        return {"matrix": "built-in cells", "matrix_sha256": ""}
+    return {"matrix": str(path.resolve()),
+            "matrix_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def _do_resume(args: argparse.Namespace) -> int:
+    from harness.rundir import read_run
+
+    run = args.resume
+    summary, previous = read_run(run)
+    recorded = summary.get("matrix", "built-in cells")
+    matrix = args.matrix or (None if recorded == "built-in cells" else Path(recorded))
+    if matrix is not None and not matrix.is_file():
+        raise UserError(f"{run} was made from the matrix {matrix}, which is gone",
+                        "restore it or run afresh")
+    if matrix_id(matrix)["matrix_sha256"] != summary.get("matrix_sha256", ""):
+        raise UserError(f"{run} was made from another matrix ({recorded})",
+                        "resume with the matrix it was made from, or run afresh")
+    done = {r.name for r in previous if r.verdict != Verdict.NOT_RUN}
+    wanted = summary.get("cells_requested", [])
+    universe = {c.name: c for c in (_select([], matrix) if matrix else ALL_CELLS)}
+    missing = [n for n in wanted if n not in universe]
+    if missing:
+        raise UserError(f"{run} asks for cells the matrix lacks: {', '.join(missing)}")
+    todo = [universe[n] for n in wanted if n not in done]
+    print(f"resuming {run}: {len(done)} cells kept, {len(todo)} to run")
+    args.out, args.matrix = run, matrix
+    return _do_run(args, todo, keep=[r for r in previous if r.name in done],
+                   requested=wanted)
+
+
+def _do_run(args: argparse.Namespace, cells: list[Cell], keep: list[CellResult] | None = None,
+            requested: list[str] | None = None) -> int:
     from harness.run import RunOptions, new_run_dir, run_cells
 
     _positive("--jobs", args.jobs)
@@ -197,13 +247,34 @@ def _do_run(args: argparse.Namespace, cells: list[Cell]) -> int:
         from harness.run import run_session
         results = [run_session(cells[0], opts, run_dir, paths.cache_dir(), mode, sys.stdout)]
     else:
-        results = run_cells(cells, opts, run_dir, paths.cache_dir())
+        meta = {**matrix_id(getattr(args, "matrix", None)),
+                "cells_requested": requested or [c.name for c in cells]}
+        results = run_cells(cells, opts, run_dir, paths.cache_dir(), meta=meta, keep=keep)
     if args.show_command:
         return 0
     sys.stdout.write("\n")
     print_table(results, sys.stdout)
+    _publish(run_dir, args.db)
     sys.stdout.write(f"\nresults: {run_dir}\n")
     return run_exit_code([r.verdict for r in results])
+
+
+def _run_ref(ref: str) -> str | Path:
+    """A run directory when the argument names one, else a run id in the store."""
+    return Path(ref) if Path(ref).is_dir() else ref
+
+
+def _publish(run_dir: Path, db: Path | None) -> None:
+    """KCIDB JSON beside the results, and the run in the history store. Neither
+    may cost the results already written: a failure is one warning line."""
+    from harness import history, kcidb
+    for what, do in (("KCIDB JSON", lambda: kcidb.write_kcidb(run_dir)),
+                     ("history", lambda: history.record_run(db or history.default_db(),
+                                                            run_dir))):
+        try:
+            do()
+        except HarnessError as e:
+            sys.stderr.write(f"cpa-harness: warning: {what} not written: {e.line()}\n")
 
 
 def _do_build(args: argparse.Namespace) -> int:
@@ -224,6 +295,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
+            if args.resume is not None:
+                return _do_resume(args)
             cells = _select(args.cell, args.matrix, args.shard)
             if args.list:
                 print("\n".join(c.name for c in cells))
@@ -250,11 +323,23 @@ def main(argv: list[str]) -> int:
             from harness.merge import merge
             merged = merge(args.out, args.runs)
             print_table(merged, sys.stdout)
+            _publish(args.out, None)
             sys.stdout.write(f"\nmerged {len(args.runs)} runs into {args.out}\n")
             return run_exit_code([r.verdict for r in merged])
+        if args.command == "history":
+            from harness import history
+            sys.stdout.write(history.format_runs(history.list_runs(args.db or
+                                                                   history.default_db())))
+            return 0
+        if args.command == "compare":
+            from harness import history
+            c = history.compare(args.db or history.default_db(), _run_ref(args.run_a),
+                                _run_ref(args.run_b))
+            sys.stdout.write(history.format_comparison(c))
+            return 1 if c.has_regressions else 0
         if args.command == "report":
-            from harness.merge import load_run
-            loaded = load_run(args.run)
+            from harness.rundir import read_run
+            loaded = read_run(args.run)[1]
             print_table(loaded, sys.stdout)
             return run_exit_code([r.verdict for r in loaded])
         if args.command == "doctor":

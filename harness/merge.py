@@ -8,46 +8,19 @@ ran the same cell, are refused: a merged result must mean one thing.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
 from harness.results import CellResult, write_cell, write_summary
-
-
-def _summary(run: Path) -> dict[str, Any]:
-    path = run / "summary.json"
-    try:
-        doc: dict[str, Any] = json.loads(path.read_text())
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}", "give result directories of "
-                        "'cpa-harness run'") from None
-    except ValueError as e:
-        raise UserError(f"{path} is not valid JSON ({e})") from None
-    return doc
-
-
-def load_run(run: Path) -> list[CellResult]:
-    """Every cell of a run directory, in the summary's order."""
-    cells = []
-    for entry in _summary(run).get("cells", []):
-        path = run / entry["result"]
-        try:
-            cells.append(CellResult.from_json(json.loads(path.read_text())))
-        except OSError:
-            # a cell that never wrote its result (interrupted before it ran)
-            cells.append(CellResult(name=entry["name"], arch=entry.get("arch", "")))
-        except (ValueError, TypeError) as e:
-            raise UserError(f"cannot read {path}: {e}") from None
-    return cells
+from harness.rundir import read_run, read_summary
 
 
 def merge(out: Path, runs: list[Path]) -> list[CellResult]:
     if not runs:
         raise UserError("nothing to merge", "give the shards' result directories")
-    summaries = [(run, _summary(run)) for run in runs]
+    summaries = [(run, read_summary(run)) for run in runs]
     sources = {s.get("source_id") for _, s in summaries}
     if len(sources) > 1:
         raise UserError(f"the shards ran different sources: {', '.join(map(str, sources))}",
@@ -57,7 +30,7 @@ def merge(out: Path, runs: list[Path]) -> list[CellResult]:
     cells: dict[str, CellResult] = {}
     origin: dict[str, Path] = {}
     for run, _ in summaries:
-        for res in load_run(run):
+        for res in read_run(run)[1]:
             if res.name in cells:
                 raise UserError(f"cell {res.name} is in both {origin[res.name]} and {run}",
                                 "each cell belongs to one shard")

@@ -11,7 +11,7 @@ import enum
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 from xml.etree import ElementTree as ET
@@ -98,15 +98,6 @@ class CellResult:
         d = asdict(self)
         d["verdict"] = self.verdict.value
         return d
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> CellResult:
-        """A result read back from its result.json; unknown keys (newer harness) are kept out."""
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in doc.items() if k in known}
-        d["verdict"] = Verdict(d.get("verdict", "not-run"))
-        d["failures"] = [FailureRecord(**f) for f in d.get("failures", [])]
-        return cls(**d)
 
     def splits_summary(self) -> str:
         """The first pass's last split line: what the self-test left behind."""

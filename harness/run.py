@@ -58,11 +58,14 @@ def _build_key(cell: Cell, opts: RunOptions) -> tuple[str, tuple[str, ...], tupl
 
 
 def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
-              out: TextIO | None = None) -> list[CellResult]:
+              out: TextIO | None = None, meta: dict[str, Any] | None = None,
+              keep: list[CellResult] | None = None) -> list[CellResult]:
+    """Run cells into run_dir; `keep` are finished results of an earlier attempt (--resume)."""
     out = out or sys.stdout   # looked up now: sys.stdout may have been replaced
-    results = {c.name: CellResult(name=c.name, arch=c.arch) for c in cells}
+    results = {r.name: r for r in keep or []}
+    results.update({c.name: CellResult(name=c.name, arch=c.arch) for c in cells})
     meta = {"started": time.time(), "host": platform.node(), "tree": opts.tree or "debian",
-            "cells_requested": [c.name for c in cells], "interrupted": False}
+            "cells_requested": [c.name for c in cells], "interrupted": False, **(meta or {})}
 
     def finish(res: CellResult) -> None:
         results[res.name] = res

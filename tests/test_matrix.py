@@ -146,8 +146,24 @@ def test_merge_refuses_overlap_and_mixed_sources(tmp_path: Path,
     assert main(["merge", str(tmp_path / "o2"), str(a), str(c)]) == 2
     assert "different sources" in capsys.readouterr().err
     assert main(["merge", str(tmp_path / "o3"), str(tmp_path / "nope")]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    assert "nope is not a directory" in capsys.readouterr().err
     # nothing already there is overwritten
     assert main(["merge", str(a), str(c)]) == 2
     assert "is not empty" in capsys.readouterr().err
     assert json.loads((a / "summary.json").read_text())["cells"][0]["name"] == "x1"
+
+
+def test_resume_refuses_another_matrix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import matrix_id
+    run = _run_dir(tmp_path, "r", {"x86_64-cpa": "pass", "i386-cpa": "not-run"})
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(matrix_id(NIGHTLY))
+    (run / "summary.json").write_text(json.dumps(summary))
+    other = write(tmp_path, CELL)
+    before = (run / "summary.json").read_text()
+    assert main(["run", "--resume", str(run), "--matrix", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} was made from another matrix" in err and len(err.strip().splitlines()) == 1
+    assert (run / "summary.json").read_text() == before     # nothing touched
+    assert main(["run", "--resume", str(tmp_path / "nope")]) == 2
+    assert "nope is not a directory" in capsys.readouterr().err

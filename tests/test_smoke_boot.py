@@ -24,7 +24,7 @@ pytestmark = pytest.mark.boot
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
     out = tmp_path_factory.mktemp("smoke")
-    code = main(["run", "--out", str(out)])
+    code = main(["run", "--out", str(out), "--db", str(out / "history.sqlite")])
     return code, out
 
 
@@ -77,6 +77,20 @@ def test_each_cell_was_checked_over_ssh(smoke: tuple[int, Path], name: str) -> N
     labels = [s["label"] for s in r["stats"]["snapshots"]]
     assert labels == ["boot", "first-pass", "period-2"]
     assert all(s["errors"] == {} and s["absent"] == [] for s in r["stats"]["snapshots"])
+
+
+def test_the_run_is_published(smoke: tuple[int, Path]) -> None:
+    """KCIDB JSON that kcidb-io accepts, and the run in the history store."""
+    from harness import history, kcidb
+    out = smoke[1]
+    doc = json.loads((out / "kcidb.json").read_text())
+    kcidb.validate(doc)
+    assert {t["path"] for t in doc["tests"]} >= {"cpa.x86_64-gbpages.kexec.1",
+                                                  "cpa.i386.selftest.1"}
+    runs = history.list_runs(out / "history.sqlite")
+    assert [r["id"] for r in runs] == [out.name] and runs[0]["cells"] == 4
+    same = history.compare(out / "history.sqlite", out.name, out.name)
+    assert not same.has_regressions
 
 
 def test_kexec_round_trips_are_proven(smoke: tuple[int, Path]) -> None:

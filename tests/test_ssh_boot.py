@@ -26,7 +26,7 @@ import paramiko
 import pytest
 
 from harness import build as kbuild
-from harness import paths, source, stats
+from harness import flush, paths, source, stats
 from harness.arches import get_arch
 from harness.cells import KERNEL_FRAGMENTS
 from harness.errors import InfraError
@@ -288,3 +288,35 @@ def test_snapshot_over_ssh(guest: Guest) -> None:
     assert serial.meminfo is not None and set(serial.meminfo) == set(snap.meminfo)
     assert serial.ptdump is not None and set(serial.ptdump) == set(snap.ptdump)
     assert serial.tainted == snap.tainted
+
+
+def _wait_for_a_selftest_period(m: Machine) -> None:
+    """The pageattr-test kthread runs every 30 s: 36 s hold at least one run."""
+    with Drain(m):
+        time.sleep(36)
+
+
+def test_flush_accounting_counts_only_inside_its_window(guest: Guest) -> None:
+    """One self-test period inside the window: CPA and TLB flush calls are counted;
+    one more period after it: nothing more is counted."""
+    run = guest.ssh.runner(COMMAND)
+    prof = flush.Profiler(lambda c: _drained(guest.machine, run, c), show_times=False)
+    prof.setup()
+    assert "__cpa_flush_tlb" in prof.traceable and "flush_tlb_all" in prof.traceable
+    assert set(prof.traceable) | set(prof.untraceable) == set(flush.FLUSH_PATHS)
+    prof.start()
+    _wait_for_a_selftest_period(guest.machine)
+    inside = prof.stop("period")
+    _wait_for_a_selftest_period(guest.machine)
+    after = prof.read("after")
+    prof.teardown()
+    # the self-test changes _PAGE_GLOBAL (no cache attribute): TLB flushes, no CLFLUSH
+    assert inside.groups["cpa_tlb"] + inside.groups["global_tlb"] > 0
+    assert inside.counts["__cpa_flush_tlb"] > 0 or inside.counts["flush_tlb_all"] > 0
+    assert after.counts == inside.counts, "counted outside the window"
+    assert inside.time_us is None
+
+
+def _drained(m: Machine, run: flush.Runner, cmd: str) -> tuple[int, str]:
+    with Drain(m):
+        return run(cmd)

@@ -1,0 +1,425 @@
+"""harness.history on a real run directory (tests/data/runs/history-a, from a
+real x86_64-gbpages run) and runs derived from it by editing its JSON."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import history
+from harness.errors import UserError
+
+DATA = Path(__file__).parent / "data" / "runs" / "history-a"
+CELL = "x86_64-gbpages"
+
+Doc = dict[str, Any]
+
+
+def derive(tmp: Path, name: str, edit: Callable[[Doc], None] | None = None,
+           started: float | None = None) -> Path:
+    """A copy of the sample run named `name`, its cell's result.json edited by `edit`."""
+    run = tmp / name
+    shutil.copytree(DATA, run)
+    if edit is not None:
+        path = run / "cells" / CELL / "result.json"
+        doc = json.loads(path.read_text())
+        edit(doc)
+        path.write_text(json.dumps(doc))
+        # Keep the summary's copy of the verdict in step, as write_summary() would.
+        _edit_summary(run, lambda s: s["cells"][0].update(verdict=doc["verdict"],
+                                                          reason=doc["reason"]))
+    if started is not None:
+        _edit_summary(run, lambda s: s.update(started=started, finished=started + 100))
+    return run
+
+
+def _edit_summary(run: Path, edit: Callable[[Doc], None]) -> None:
+    path = run / "summary.json"
+    summary = json.loads(path.read_text())
+    edit(summary)
+    path.write_text(json.dumps(summary))
+
+
+def add_cell(run: Path, name: str, verdict: str) -> None:
+    """Another cell in `run`: a copy of the sample cell under a new name and verdict."""
+    doc = json.loads((run / "cells" / CELL / "result.json").read_text())
+    doc.update(name=name, verdict=verdict, reason=f"{name} {verdict}")
+    path = run / "cells" / name / "result.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(doc))
+    _edit_summary(run, lambda s: s["cells"].append(
+        {"name": name, "arch": doc["arch"], "verdict": verdict, "reason": doc["reason"],
+         "result": f"cells/{name}/result.json"}))
+
+
+def after(doc: Doc) -> Doc:
+    return doc["stats"]["after_selftest"]   # type: ignore[no-any-return]
+
+
+def set_flush(doc: Doc, full_flush: int, global_tlb: int) -> None:
+    """Two flush-accounting windows, as the CPA scenario records them."""
+    groups = {"full_flush": 0, "cache_range": 40, "cpa_tlb": 300, "global_tlb": 0, "ipi": 50}
+    first = dict(groups, full_flush=full_flush // 2, global_tlb=global_tlb // 2)
+    second = dict(groups, full_flush=full_flush - full_flush // 2,
+                  global_tlb=global_tlb - global_tlb // 2)
+    doc["flush"] = {"windows": [{"label": "first-pass", "counts": {}, "groups": first},
+                                {"label": "period-2", "counts": {}, "groups": second}]}
+
+
+def baseline(doc: Doc) -> None:
+    """Run A of the comparisons: a passing cell with 1G pages left and flush counts."""
+    doc.update(verdict="pass", reason="")
+    after(doc)["ptdump"]["DirectMap1G"] = 1048576
+    set_flush(doc, full_flush=2, global_tlb=40)
+
+
+def scale_tlb(doc: Doc, factor: float) -> None:
+    for k, v in list(doc["stats"]["delta"]["vmstat"].items()):
+        if k.startswith("nr_tlb_"):
+            doc["stats"]["delta"]["vmstat"][k] = round(v * factor)
+
+
+def cell_row(db: Path, run_id: str) -> sqlite3.Row:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute("SELECT * FROM cells WHERE run_id = ?", (run_id,)).fetchone()
+    assert row is not None
+    return row
+
+
+def count(db: Path, table: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "store" / "history.sqlite"
+
+
+# --- recording ----------------------------------------------------------------
+
+def test_record_stores_the_run(db: Path) -> None:
+    assert history.record_run(db, DATA) == "history-a"
+    runs = history.list_runs(db)
+    assert len(runs) == 1
+    r = runs[0]
+    assert (r["id"], r["host"], r["tree"], r["exit_code"], r["kernel_version"]) == (
+        "history-a", "vm", "debian", 2, "6.12.117")
+    assert r["source_id"] == "tarball:linux-source-6.12.tar.xz@sha256:585a4a074597aefa"
+    assert r["run_dir"] == str(DATA.resolve())
+    assert r["started"] == pytest.approx(1795640365.2919734)
+    assert r["finished"] == pytest.approx(1795640540.9282987)
+
+
+def test_record_stores_the_cell_statistics(db: Path) -> None:
+    history.record_run(db, DATA)
+    row = cell_row(db, "history-a")
+    assert (row["name"], row["arch"], row["verdict"], row["accel"]) == (
+        CELL, "x86_64", "user-error", "tcg")
+    assert row["reason"].startswith("cell expectation not met")
+    # The page-table dump after the self-test, not meminfo (which claims 2 GiB of 1G pages).
+    assert (row["dm_4k_kb"], row["dm_2m_kb"], row["dm_4m_kb"], row["dm_1g_kb"]) == (
+        954240, 3239936, None, 0)
+    assert json.loads(row["vmstat_after"]) == {
+        "nr_tlb_remote_flush": 1078, "nr_tlb_remote_flush_received": 1080,
+        "nr_tlb_local_flush_all": 95, "nr_tlb_local_flush_one": 47083,
+        "direct_map_level2_splits": 462, "direct_map_level3_splits": 0}
+    assert json.loads(row["vmstat_delta"])["nr_tlb_remote_flush"] == 1062
+    assert row["boot_to_ready"] == pytest.approx(6.0754574)
+    assert row["to_verdict"] == pytest.approx(80.2992623)
+    assert json.loads(row["durations"])["total"] == pytest.approx(175.4302602)
+    assert row["flush_groups"] is None     # this run had no flush accounting
+    assert row["flush_windows"] == 0
+
+
+def test_flush_groups_are_summed_over_windows(db: Path, tmp_path: Path) -> None:
+    run = derive(tmp_path, "flushes", lambda d: set_flush(d, full_flush=5, global_tlb=41))
+    history.record_run(db, run)
+    row = cell_row(db, "flushes")
+    assert json.loads(row["flush_groups"]) == {
+        "full_flush": 5, "cache_range": 80, "cpa_tlb": 600, "global_tlb": 41, "ipi": 100}
+    assert row["flush_windows"] == 2
+
+
+def test_recording_twice_replaces(db: Path, tmp_path: Path) -> None:
+    run = derive(tmp_path, "again")
+    history.record_run(db, run)
+    first = dict(cell_row(db, "again"))
+    history.record_run(db, run)
+    assert (count(db, "runs"), count(db, "cells")) == (1, 1)
+    assert dict(cell_row(db, "again")) == first
+    # A run directory that changed since (say, re-merged) replaces the old record.
+    doc_path = run / "cells" / CELL / "result.json"
+    doc = json.loads(doc_path.read_text())
+    doc["verdict"] = "pass"
+    doc_path.write_text(json.dumps(doc))
+    history.record_run(db, run)
+    assert (count(db, "runs"), count(db, "cells")) == (1, 1)
+    assert cell_row(db, "again")["verdict"] == "pass"
+
+
+def test_record_refuses_a_directory_that_is_no_run(db: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no summary.json"):
+        history.record_run(db, tmp_path)
+
+
+def test_record_names_a_broken_result_file(db: Path, tmp_path: Path) -> None:
+    run = derive(tmp_path, "broken")
+    (run / "cells" / CELL / "result.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"broken/cells/x86_64-gbpages/result\.json"):
+        history.record_run(db, run)
+
+
+# --- listing ------------------------------------------------------------------
+
+def test_list_runs_newest_first_with_verdict_counts(db: Path, tmp_path: Path) -> None:
+    old = derive(tmp_path, "old", started=1_700_000_000)
+    new = derive(tmp_path, "new", lambda d: d.update(verdict="pass"), started=1_800_000_000)
+    add_cell(new, "i386", "fail")
+    add_cell(new, "i386-pae", "pass")
+    mid = derive(tmp_path, "mid", started=1_750_000_000)
+    for run in (old, new, mid):
+        history.record_run(db, run)
+    runs = history.list_runs(db)
+    assert [r["id"] for r in runs] == ["new", "mid", "old"]
+    assert runs[0]["verdicts"] == {"pass": 2, "fail": 1}
+    assert runs[0]["cells"] == 3
+    assert runs[2]["verdicts"] == {"user-error": 1}
+    text = history.format_runs(runs)
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["run", "started", "time"]
+    assert lines[1].startswith("new ") and "pass 2 fail 1" in lines[1] and "100s" in lines[1]
+    assert lines[3].startswith("old ") and "user-error 1" in lines[3]
+
+
+def test_list_runs_of_no_store_creates_nothing(db: Path) -> None:
+    assert history.list_runs(db) == []
+    assert not db.exists()
+    assert history.format_runs([]) == "no runs recorded\n"
+
+
+# --- comparing ------------------------------------------------------------------
+
+def regressed(doc: Doc) -> None:
+    """Run B: fails, lost 15% of its 2M pages and its 1G page, flushes much more,
+    and took longer to reach a verdict."""
+    baseline(doc)
+    doc.update(verdict="fail", reason="CPA self-test NOT PASSED")
+    dump = after(doc)["ptdump"]
+    dump["DirectMap2M"] = int(3239936 * 0.85)
+    dump["DirectMap1G"] = 0
+    scale_tlb(doc, 1.5)
+    set_flush(doc, full_flush=30, global_tlb=45)     # global_tlb +12%: under the threshold
+    doc["durations"]["to_verdict"] = 130.0           # +62%: slower, a warning only
+
+
+def kinds(found: list[history.Finding]) -> list[tuple[str, str]]:
+    return sorted((f.kind, f.message.split(" ")[0]) for f in found)
+
+
+def test_compare_flags_exactly_the_regressions_made(db: Path, tmp_path: Path) -> None:
+    a = derive(tmp_path, "a", baseline)
+    b = derive(tmp_path, "b", regressed)
+    c = history.compare(db, a, b)
+    assert (c.run_a, c.run_b) == ("a", "b")
+    assert c.has_regressions
+    assert kinds(c.regressions) == [
+        ("large-pages-lost", "DirectMap1G"),
+        ("large-pages-lost", "DirectMap2M"),
+        ("more-flushes", "full_flush"),
+        ("more-flushes", "nr_tlb_*"),
+        ("verdict", "pass"),
+    ]
+    assert kinds(c.warnings) == [("slower", "to_verdict")]
+    [cell] = c.cells
+    assert (cell.verdict_a, cell.verdict_b, cell.change) == ("pass", "fail", "regression")
+    assert cell.metrics["DirectMap1G"] == (1048576, 0)
+    assert cell.metrics["tlb_total"] == (26 + 6095 + 1062 + 1064,
+                                         round(26 * 1.5) + round(6095 * 1.5)
+                                         + round(1062 * 1.5) + round(1064 * 1.5))
+    assert cell.metrics["flush:full_flush"] == (2, 30)
+
+
+def test_compare_of_a_run_with_itself_finds_nothing(db: Path, tmp_path: Path) -> None:
+    a = derive(tmp_path, "a", baseline)
+    c = history.compare(db, a, "a")
+    assert c.findings == [] and not c.has_regressions
+    assert c.cells[0].change == "same"
+    assert "no change" in history.format_comparison(c)
+
+
+def below_thresholds(doc: Doc) -> None:
+    """Changes each just under its default threshold."""
+    baseline(doc)
+    dump = after(doc)["ptdump"]
+    dump["DirectMap2M"] = int(3239936 * 0.95)        # -5% (threshold -10%)
+    dump["DirectMap4k"] = int(954240 * 1.2)          # +20% (threshold +25%)
+    scale_tlb(doc, 1.15)                             # +15% (threshold +20%)
+    set_flush(doc, full_flush=9, global_tlb=40)      # 2 -> 9: +350%, but +7 < 10 calls
+    doc["durations"]["boot_to_ready"] = 7.9          # +30% (threshold +50%)
+    doc["durations"]["to_verdict"] = 81.0
+
+
+def test_changes_below_the_thresholds_are_not_flagged(db: Path, tmp_path: Path) -> None:
+    a = derive(tmp_path, "a", baseline)
+    b = derive(tmp_path, "b", below_thresholds)
+    c = history.compare(db, a, b)
+    assert c.findings == []
+    assert not c.has_regressions
+    assert history.format_comparison(c).endswith("no regressions\n")
+
+
+def test_thresholds_are_a_parameter(db: Path, tmp_path: Path) -> None:
+    a = derive(tmp_path, "a", baseline)
+    b = derive(tmp_path, "b", below_thresholds)
+    strict = history.Thresholds(large_drop_pct=1, small_rise_pct=1, flush_rise_pct=1,
+                                min_flush_call_rise=1, slower_pct=10, min_slower_s=1)
+    c = history.compare(db, a, b, strict)
+    assert kinds(c.regressions) == [
+        ("large-pages-lost", "DirectMap2M"),
+        ("large-pages-lost", "DirectMap4k"),
+        ("more-flushes", "full_flush"),
+        ("more-flushes", "nr_tlb_*"),
+    ]
+    assert kinds(c.warnings) == [("slower", "boot_to_ready")]
+
+
+def test_default_thresholds_are_frozen() -> None:
+    t = history.DEFAULT_THRESHOLDS
+    assert (t.large_drop_pct, t.small_rise_pct, t.flush_rise_pct, t.slower_pct) == (
+        10.0, 25.0, 20.0, 50.0)
+    with pytest.raises(AttributeError):
+        t.large_drop_pct = 5.0  # type: ignore[misc]
+
+
+def test_slower_is_not_judged_across_accelerators(db: Path, tmp_path: Path) -> None:
+    a = derive(tmp_path, "a", baseline)
+    b = derive(tmp_path, "b", lambda d: (baseline(d), d.update(accel="kvm"),
+                                         d["durations"].update(to_verdict=500.0)))
+    c = history.compare(db, a, b)
+    assert c.findings == []
+    assert "times not compared" in history.format_comparison(c)
+
+
+def test_verdict_fixes_and_cells_that_come_and_go(db: Path, tmp_path: Path) -> None:
+    a = derive(tmp_path, "a", lambda d: d.update(verdict="fail", reason="oops"))
+    add_cell(a, "i386", "pass")
+    add_cell(a, "i386-pae", "pass")
+    b = derive(tmp_path, "b", lambda d: d.update(verdict="pass", reason=""))
+    add_cell(b, "i386", "infra-error")
+    add_cell(b, "x86_64-debug-pagealloc", "pass")
+    c = history.compare(db, a, b)
+    changes = {x.name: (x.verdict_a, x.verdict_b, x.change) for x in c.cells}
+    assert changes == {
+        CELL: ("fail", "pass", "fixed"),
+        "i386": ("pass", "infra-error", "changed"),
+        "i386-pae": ("pass", None, "disappeared"),
+        "x86_64-debug-pagealloc": (None, "pass", "appeared"),
+    }
+    # Only pass -> fail is a regression: an infrastructure error says nothing of the kernel.
+    assert not c.has_regressions
+    assert sorted(f.kind for f in c.warnings) == ["appeared", "disappeared", "verdict-changed"]
+
+
+def test_format_comparison(db: Path, tmp_path: Path) -> None:
+    a = derive(tmp_path, "a", baseline)
+    b = derive(tmp_path, "b", regressed)
+    text = history.format_comparison(history.compare(db, a, b))
+    lines = text.splitlines()
+    assert lines[0].startswith("A: a ") and lines[1].startswith("B: b ")
+    [row] = [ln for ln in lines if ln.startswith(CELL)]
+    assert "pass -> fail" in row and "regression" in row
+    assert "1G 1024M->0M (-100%)" in row
+    assert "full_flush 2->30 (+1400%)" in row
+    assert "REGRESSIONS (5)" in lines and "WARNINGS (1)" in lines
+    assert f"  {CELL}: verdict: pass -> fail: CPA self-test NOT PASSED" in lines
+    assert lines[-1] == "5 regression(s), 1 warning(s)"
+
+
+def test_compare_records_directories_and_resolves_ids(db: Path, tmp_path: Path) -> None:
+    a = derive(tmp_path, "a", baseline)
+    b = derive(tmp_path, "b", regressed)
+    history.compare(db, a, b)
+    assert sorted(r["id"] for r in history.list_runs(db)) == ["a", "b"]
+    assert history.compare(db, "a", "b").has_regressions    # now by id alone
+    with pytest.raises(UserError, match="no run nosuch in"):
+        history.compare(db, "a", "nosuch")
+
+
+def test_compare_refuses_two_directories_with_one_name(db: Path, tmp_path: Path) -> None:
+    a = derive(tmp_path / "x", "run")
+    b = derive(tmp_path / "y", "run")
+    with pytest.raises(UserError, match="same name 'run'"):
+        history.compare(db, a, b)
+
+
+# --- sharing the store ----------------------------------------------------------
+
+def test_two_processes_record_concurrently(db: Path, tmp_path: Path) -> None:
+    runs = [derive(tmp_path, f"run{i}", started=1_700_000_000 + i) for i in range(6)]
+    # A fresh store: the processes also race to create the schema.
+    jobs = [(db, run) for _ in range(4) for run in runs]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        ids = pool.starmap(history.record_run, jobs, chunksize=1)
+    assert ids == [run.name for _ in range(4) for run in runs]
+    assert [r["id"] for r in history.list_runs(db)] == [f"run{i}" for i in reversed(range(6))]
+    assert (count(db, "runs"), count(db, "cells")) == (6, 6)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [
+            (history.SCHEMA_VERSION,)]
+
+
+# --- stores that are not ours ---------------------------------------------------
+
+def one_line(e: UserError) -> str:
+    assert "\n" not in e.line()
+    return e.line()
+
+
+def test_a_file_that_is_not_sqlite(tmp_path: Path) -> None:
+    bad = tmp_path / "history.sqlite"
+    bad.write_text("this is not an SQLite database\n" * 40)
+    with pytest.raises(UserError) as e:
+        history.list_runs(bad)
+    assert str(bad) in one_line(e.value) and "not a database" in e.value.line()
+    with pytest.raises(UserError):
+        history.record_run(bad, DATA)
+
+
+def test_a_damaged_store(db: Path) -> None:
+    history.record_run(db, DATA)
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    raw = bytearray(db.read_bytes())
+    raw[100:] = b"\xab" * (len(raw) - 100)      # keep the header, ruin every page
+    db.write_bytes(bytes(raw))
+    with pytest.raises(UserError) as e:
+        history.list_runs(db)
+    assert str(db) in one_line(e.value)
+
+
+def test_another_programs_database(tmp_path: Path) -> None:
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE photos (id INTEGER)")
+    with pytest.raises(UserError, match="not a cpa-harness history store"):
+        history.record_run(other, DATA)
+
+
+def test_a_store_from_a_newer_harness(db: Path) -> None:
+    history.record_run(db, DATA)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (history.SCHEMA_VERSION + 1,))
+    with pytest.raises(UserError, match="newer cpa-harness") as e:
+        history.list_runs(db)
+    assert str(db) in one_line(e.value)
