@@ -8,6 +8,10 @@ export DEBIAN_FRONTEND=noninteractive
 # Host tools: the kernel's build system, QEMU, Debian's kernel source.
 HOST_PACKAGES=(make gcc binutils bc flex bison perl libelf-dev libssl-dev xz-utils git
                cpio qemu-system-x86 linux-source-6.12 ca-certificates)
+# The tests also open the HTML report in a real browser: `ci/setup.sh --test`.
+if [[ "${1:-}" == "--test" ]]; then
+    HOST_PACKAGES+=(chromium)
+fi
 # Guest userspace, for both guest arches (the harness downloads them itself;
 # these are only checked for availability).
 GUEST_CHECK=(busybox-static:amd64 busybox-static:i386 dropbear-bin:i386 kexec-tools:i386)

@@ -3,7 +3,7 @@
 # the unit tests and the real-boot integration tests. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash ci/setup.sh
+bash ci/setup.sh --test
 .venv/bin/ruff check harness tests bench ci
 .venv/bin/mypy
 exec .venv/bin/pytest -ra "$@"

@@ -267,8 +267,9 @@ def _run_ref(ref: str) -> str | Path:
 def _publish(run_dir: Path, db: Path | None) -> None:
     """KCIDB JSON beside the results, and the run in the history store. Neither
     may cost the results already written: a failure is one warning line."""
-    from harness import history, kcidb
+    from harness import history, html, kcidb
     for what, do in (("KCIDB JSON", lambda: kcidb.write_kcidb(run_dir)),
+                     ("HTML report", lambda: html.write_html(run_dir)),
                      ("history", lambda: history.record_run(db or history.default_db(),
                                                             run_dir))):
         try:

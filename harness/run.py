@@ -46,6 +46,12 @@ class RunOptions:
     show_command: bool = False
 
 
+def say(out: TextIO, line: str) -> None:
+    """One timestamped progress line: readable live and in a CI log alike."""
+    out.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+    out.flush()
+
+
 def new_run_dir(base: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     d = base / "runs" / f"{stamp}-{secrets.token_hex(3)}"
@@ -70,16 +76,15 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
     def finish(res: CellResult) -> None:
         results[res.name] = res
         write_cell(run_dir, res)
-        out.write(f"[{res.name}] {res.verdict.value}{': ' + res.reason if res.reason else ''}"
-                  f" ({res.durations.get('total', 0):.0f}s)\n")
-        out.flush()
+        say(out, f"[{res.name}] {res.verdict.value}{': ' + res.reason if res.reason else ''}"
+                 f" ({res.durations.get('total', 0):.0f}s)")
 
     try:
         src = source.with_patches(source.resolve(opts.tree, cache),
                                   source.patch_files(list(opts.patches)), cache)
         meta["source_id"] = src.id
         meta["kernel_version"] = src.version
-        out.write(f"source: {src.id} ({src.version})\n")
+        say(out, f"source: {src.id} ({src.version})")
         runnable = _prepare(cells, opts, src, run_dir, cache, finish, out)
         if opts.show_command:
             for cell, ctx in runnable:
@@ -87,7 +92,7 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
             return list(results.values())
         pool = ThreadPoolExecutor(max_workers=max(1, opts.jobs))
         try:
-            futures = [pool.submit(_run_one, cell, ctx) for cell, ctx in runnable]
+            futures = [pool.submit(_run_one, cell, ctx, out) for cell, ctx in runnable]
             for fut in futures:
                 finish(fut.result())
         except KeyboardInterrupt:
@@ -145,8 +150,8 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
         req = kbuild.BuildRequest(src, arch, kbuild.fragments_for(arch, list(fragments)), sets,
                                   **({"jobs": opts.make_jobs} if opts.make_jobs else {}))
         b = kbuild.build(req, cache, log_dir=run_dir / "builds")
-        out.write(f"build {arch.name}: {'cached' if b.cached else 'built'} in {b.seconds:.1f}s "
-                  f"({b.dir})\n")
+        say(out, f"build {arch.name}: {'cached' if b.cached else 'built'} in {b.seconds:.1f}s "
+                 f"({b.dir})")
         return b
 
     def accel(cell: Cell, b: kbuild.Build, img: Path) -> qemu.AccelChoice:
@@ -154,8 +159,8 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
         qemu.require_qemu(arch)
         choice = qemu.choose_accel(arch, cell.cpu_model, cache, opts.accel, kernel=b.image,
                                    initrd=img)
-        out.write(f"accelerator for {arch.qemu} -cpu {cell.cpu_model}: {choice.accel} "
-                  f"({choice.reason})\n")
+        say(out, f"accelerator for {arch.qemu} -cpu {cell.cpu_model}: {choice.accel} "
+                 f"({choice.reason})")
         return choice
 
     def keyed(arch: str, base: Path) -> Path:
@@ -233,19 +238,21 @@ SCENARIOS: dict[str, Callable[[Cell, cpa.CellContext], CellResult]] = {
 }
 
 
-def _run_one(cell: Cell, ctx: cpa.CellContext) -> CellResult:
+def _run_one(cell: Cell, ctx: cpa.CellContext, out: TextIO) -> CellResult:
     """Run a cell; an infrastructure error (QEMU, ssh, a taken port) gets one more try.
 
     A kernel-side failure is never retried: a flaky kernel must not pass on
     its second attempt. The first attempt's serial log is kept beside.
     """
     ctx.cell_dir.mkdir(parents=True, exist_ok=True)
+    say(out, f"[{cell.name}] started ({cell.arch}, {ctx.accel.accel}, {ctx.cell_dir})")
     res = SCENARIOS[cell.scenario](cell, ctx)
     if res.verdict != Verdict.INFRA_ERROR:
         return res
     first = ctx.cell_dir / "serial.log"
     if first.exists():
         first.replace(ctx.cell_dir / "serial.attempt-1.log")
+    say(out, f"[{cell.name}] infrastructure error, trying once more: {res.reason}")
     again = SCENARIOS[cell.scenario](cell, ctx)
     again.retried_after = res.reason
     return again

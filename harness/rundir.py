@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
 from harness.results import CellResult, FailureRecord, Verdict
+
+# What run.py names cell directories by: the matrix's cell names.
+CELL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def read_json(path: Path) -> Any:
@@ -85,7 +89,11 @@ def _failure_from_json(data: dict[str, Any]) -> FailureRecord:
 def read_cell(run_dir: Path, entry: Any, summary_path: Path) -> CellResult:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise UserError(f"{summary_path} has a cell entry without a name")
-    path = run_dir / str(entry.get("result") or f"cells/{entry['name']}/result.json")
+    name = entry["name"]
+    if not CELL_NAME_RE.match(name):
+        raise UserError(f"{summary_path} names a cell {name[:60]!r} that cannot be a directory")
+    # Always cells/NAME/result.json: a file's contents never choose what else is read.
+    path = run_dir / "cells" / name / "result.json"
     if not path.exists() and entry.get("verdict") == Verdict.NOT_RUN.value:
         # An interrupted run (or one whose source failed) lists the cells it
         # never started, but only finished cells get a result.json.

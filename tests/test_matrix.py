@@ -167,3 +167,16 @@ def test_resume_refuses_another_matrix(tmp_path: Path, capsys: pytest.CaptureFix
     assert (run / "summary.json").read_text() == before     # nothing touched
     assert main(["run", "--resume", str(tmp_path / "nope")]) == 2
     assert "nope is not a directory" in capsys.readouterr().err
+
+
+def test_a_summary_never_chooses_what_else_is_read(tmp_path: Path) -> None:
+    from harness.rundir import read_run
+    run = _run_dir(tmp_path, "r", {"x1": "pass"})
+    summary = json.loads((run / "summary.json").read_text())
+    summary["cells"][0]["result"] = "../../../../etc/passwd"
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert read_run(run)[1][0].name == "x1"          # cells/x1/result.json, not the path given
+    summary["cells"][0]["name"] = "../../etc"
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(UserError, match="cannot be a directory"):
+        read_run(run)
