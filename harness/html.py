@@ -83,6 +83,7 @@ def render(summary: dict[str, Any], cells: list[CellResult]) -> str:
         _verdict_table(cells),
         _failures(cells),
         _direct_maps(cells),
+        _flush_section(cells),
         "</body></html>",
         "",
     ])
@@ -316,3 +317,35 @@ def _direct_maps(cells: list[CellResult]) -> str:
             "<p>From the kernel page-table dump, at boot and after the CPA self-test. "
             "Large pages (1G, 2M/4M) that turned into 4k pages were split.</p>"
             f"{parts}</section>")
+
+
+def _flush_windows(cell: CellResult) -> str:
+    """Calls per flush path in each window; times only where they mean something."""
+    f = cell.flush if isinstance(cell.flush, dict) else {}
+    windows = [w for w in f.get("windows") or [] if isinstance(w, dict)]
+    head = f"<h3>{_e(cell.name)}</h3>"
+    if not windows:
+        why = f.get("unavailable") or "no counting window"
+        return f'<div class="flush" data-cell="{_e(cell.name)}">{head}<p>{_e(why)}</p></div>'
+    names = [n for n in (windows[0].get("counts") or {})]
+    rows = []
+    for n in names:
+        cells_ = "".join(f"<td>{_e((w.get('counts') or {}).get(n, '?'))}"
+                         + (f" ({_e((w.get('time_us') or {}).get(n))} us)"
+                            if w.get("time_us") else "") + "</td>" for w in windows)
+        rows.append(f'<tr data-function="{_e(n)}"><td>{_e(n)}</td>{cells_}</tr>')
+    labels = "".join(f"<th>{_e(w.get('label'))}</th>" for w in windows)
+    notes = [str(f.get("timing", ""))]
+    if f.get("untraceable"):
+        notes.append("not traceable in this build (inlined): " + ", ".join(
+            str(x) for x in f["untraceable"]))
+    return (f'<div class="flush" data-cell="{_e(cell.name)}">{head}'
+            f"<table><tr><th>function</th>{labels}</tr>{''.join(rows)}</table>"
+            + "".join(f'<p class="note">{_e(n)}</p>' for n in notes if n) + "</div>")
+
+
+def _flush_section(cells: list[CellResult]) -> str:
+    return ('<section id="flush"><h2>Flush accounting</h2>'
+            "<p>Calls of the CPA and TLB flush paths counted by the function profiler, "
+            "per window (a CPA self-test period).</p>"
+            + "".join(_flush_windows(c) for c in cells) + "</section>")

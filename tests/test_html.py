@@ -160,7 +160,10 @@ def make_variant(run: Path) -> Path:
     cell.update(verdict="fail", reason=HOSTILE_REASON,
                 flush={"windows": [{"label": "first pass", "groups": {
                     "full_flush": 3, "cache_range": 512, "cpa_tlb": 40, "global_tlb": 7,
-                    "ipi": 95}}]})
+                    "ipi": 95}, "counts": {"__cpa_flush_tlb": 40, "flush_tlb_all": 7},
+                    "time_us": None}],
+                       "timing": "time per call withheld: under TCG it measures the emulator",
+                       "untraceable": ["clflush_cache_range_opt"]})
     cell["failures"].append({"kind": "bug", "title": HOSTILE_TITLE, "line": 900, "boot": 0,
                              "known": False, "report": HOSTILE_REPORT})
     path.write_text(json.dumps(cell))
@@ -285,6 +288,18 @@ def test_hostile_text_stays_text(variant_dom: Node) -> None:
     flush = {s.attrs["data-group"]: s.text() for s in row.find_all("span")}
     assert flush == {"full_flush": "full_flush 3", "cache_range": "cache_range 512",
                      "cpa_tlb": "cpa_tlb 40", "global_tlb": "global_tlb 7", "ipi": "ipi 95"}
+
+
+def test_flush_windows_per_function(variant_dom: Node) -> None:
+    [div] = variant_dom.find_all("div", class_="flush", data_cell=CELL)
+    rows = {r.attrs["data-function"]: r.text() for r in div.find_all("tr")
+            if "data-function" in r.attrs}
+    assert rows == {"__cpa_flush_tlb": "__cpa_flush_tlb40", "flush_tlb_all": "flush_tlb_all7"}
+    notes = [p.text() for p in div.find_all("p", class_="note")]
+    assert notes[0].startswith("time per call withheld: under TCG")
+    assert "clflush_cache_range_opt" in notes[1]
+    [none] = variant_dom.find_all("div", class_="flush", data_cell=NOSTATS)
+    assert "no counting window" in none.text()
 
 
 def test_cells_with_less_data(variant_dom: Node) -> None:
