@@ -44,6 +44,9 @@ class BuildRequest:
     fragments: tuple[Path, ...]     # in merge order, arch fragments included
     sets: tuple[str, ...] = ()
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Build in one directory per tree path (and arch and config) whatever the
+    # commit: bisect steps then rebuild only what the checkout changed.
+    reuse_dir: bool = False
 
     def merged(self) -> kconfig.Merged:
         return kconfig.merge(self.fragments, self.sets)
@@ -152,6 +155,8 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
             return hit
 
     src_tag = req.source.cache_key or _digest(str(req.source.path))[:16]
+    if req.reuse_dir:
+        src_tag = "tree-" + _digest(str(req.source.path))[:16]
     scratch = cache / "kconfig" / f"{src_tag}-{req.arch.name}"
     with _locked(scratch.with_suffix(".lock")):
         final = _configure(req, merged, scratch)

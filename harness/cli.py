@@ -16,6 +16,7 @@ import hashlib
 import re
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -68,6 +69,16 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                         "the data directory)")
 
 
+def _add_step(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cell", required=True, metavar="NAME", help="the cell that fails")
+    p.add_argument("--matrix", type=Path, metavar="FILE", help="the matrix that has the cell")
+    p.add_argument("--any-failure", action="store_true",
+                   help="any failure is bad (default: the same kind and title as at --bad)")
+    p.add_argument("--periods", type=int, metavar="N", help="self-test periods after the first")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    p.add_argument("--make-jobs", type=int, default=0, metavar="N")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="cpa-harness", description=__doc__,
                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,6 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--list", action="store_true", help="list the cells and exit")
     run.add_argument("--resume", type=Path, metavar="RUN",
                      help="run the cells an interrupted RUN did not finish, into RUN")
+
+    bis = sub.add_parser("bisect", help="find the commit that made a cell fail")
+    bis.add_argument("--tree", required=True, metavar="GIT", help="a clean git checkout")
+    bis.add_argument("--good", required=True, metavar="REV")
+    bis.add_argument("--bad", required=True, metavar="REV")
+    _add_step(bis)
+    bis.add_argument("--out", type=Path, metavar="DIR",
+                     help="steps and report (default: a new directory under the data one)")
+
+    step = sub.add_parser("bisect-step", help="one bisect step on the current directory's "
+                          "checkout (a 'git bisect run' command)")
+    _add_step(step)
+    step.add_argument("--signature", metavar="TEXT",
+                      help="the failure that means bad: 'kind: title' as the report shows")
+    step.add_argument("--steps-dir", type=Path, metavar="DIR", default=Path("bisect-steps"))
+    step.add_argument("--log", type=Path, metavar="FILE", help="append each step as JSON")
 
     merge = sub.add_parser("merge", help="join the result directories of a sharded run")
     merge.add_argument("out", type=Path, metavar="OUT", help="a new directory")
@@ -259,6 +286,49 @@ def _do_run(args: argparse.Namespace, cells: list[Cell], keep: list[CellResult] 
     return run_exit_code([r.verdict for r in results])
 
 
+def _one_cell(name: str, matrix: Path | None) -> Cell:
+    cells = _select([], matrix) if matrix else list(ALL_CELLS)
+    for c in cells:
+        if c.name == name:
+            return c
+    raise UserError(f"no cell {name!r} in {matrix or 'the built-in cells'}",
+                    f"cells: {', '.join(c.name for c in cells)}")
+
+
+def _do_bisect(args: argparse.Namespace) -> int:
+    from harness import bisect
+    from harness.run import RunOptions, new_run_dir, run_cells
+
+    cell = _one_cell(args.cell, args.matrix)
+    if args.periods is not None:
+        cell = replace(cell, periods=args.periods)
+    known = known_issues.load(paths.KNOWN_ISSUES)
+
+    def run_cell(tree: Path, out: Path) -> CellResult:
+        opts = RunOptions(tree=str(tree), accel=args.accel, jobs=1, make_jobs=args.make_jobs,
+                          known=known, reuse_build_dir=True)
+        out.mkdir(parents=True, exist_ok=True)
+        return run_cells([cell], opts, out, paths.cache_dir(), out=sys.stderr)[0]
+
+    if args.command == "bisect-step":
+        if not args.any_failure and not args.signature:
+            raise UserError("bisect-step needs --signature 'kind: title' or --any-failure")
+        return bisect.main_step(Path.cwd(), run_cell, None if args.any_failure else
+                                args.signature, args.steps_dir, args.log)
+    out = args.out or new_run_dir(paths.data_dir())
+    step = [sys.executable, "-m", "harness", "bisect-step", "--cell", cell.name,
+            "--accel", args.accel, "--periods", str(cell.periods)]
+    if args.matrix:
+        step += ["--matrix", str(args.matrix.resolve())]
+    if args.make_jobs:
+        step += ["--make-jobs", str(args.make_jobs)]
+    report = bisect.bisect(Path(args.tree), args.good, args.bad, cell, out, run_cell, step,
+                           args.any_failure, sys.stdout)
+    bisect.print_report(report, sys.stdout)
+    sys.stdout.write(f"\nreport: {out / 'bisect.json'}\n")
+    return 0 if report.first_bad else 3
+
+
 def _run_ref(ref: str) -> str | Path:
     """A run directory when the argument names one, else a run id in the store."""
     return Path(ref) if Path(ref).is_dir() else ref
@@ -320,6 +390,8 @@ def main(argv: list[str]) -> int:
             return ssh_into_run(args.run, args.cell, args.remote, sys.stdout)
         if args.command == "build":
             return _do_build(args)
+        if args.command in ("bisect", "bisect-step"):
+            return _do_bisect(args)
         if args.command == "merge":
             from harness.merge import merge
             merged = merge(args.out, args.runs)

@@ -43,6 +43,7 @@ class RunOptions:
     periods: int | None = None
     kexec_rounds: int | None = None
     kexec_target: Path | None = None    # a build dir, bzImage or vmlinux; None: the cell's own
+    reuse_build_dir: bool = False       # bisect: one build directory across commits
     show_command: bool = False
 
 
@@ -148,7 +149,8 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
         _, fragments, sets = _build_key(cell, opts)
         arch = cell.arch_params
         req = kbuild.BuildRequest(src, arch, kbuild.fragments_for(arch, list(fragments)), sets,
-                                  **({"jobs": opts.make_jobs} if opts.make_jobs else {}))
+                                  **({"jobs": opts.make_jobs} if opts.make_jobs else {}),
+                                  reuse_dir=opts.reuse_build_dir)
         b = kbuild.build(req, cache, log_dir=run_dir / "builds")
         say(out, f"build {arch.name}: {'cached' if b.cached else 'built'} in {b.seconds:.1f}s "
                  f"({b.dir})")

@@ -74,7 +74,8 @@ def new_result(cell: Cell, ctx: CellContext) -> CellResult:
                       memory_mb=cell.memory_mb, smp=cell.smp, numa_nodes=cell.numa_nodes,
                       source_id=ctx.build.source_id,
                       build_dir=str(ctx.build.dir), build_cached=ctx.build.cached,
-                      config_hash=ctx.build.config_hash, cmdline=cell.cmdline)
+                      config_hash=ctx.build.config_hash, cmdline=cell.cmdline,
+                      durations={"build": ctx.build.seconds})
 
 
 class KexecFailed(Exception):

@@ -1,0 +1,129 @@
+"""Bisect orchestration on a small real git repository.
+
+The cell is replaced by a fake that fails when the checkout's `state` file
+says "broken" (a unit test of the orchestration: git, the verification runs,
+the step answers, the report and the tree left as found). The real thing --
+kernels built and booted at each step -- is tests/test_bisect_boot.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import bisect
+from harness.cells import ALL_CELLS
+from harness.errors import UserError
+from harness.results import CellResult, FailureRecord, Verdict
+
+CELL = ALL_CELLS[0]
+
+
+def sh(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """Ten commits; commit 7 breaks the cell, commit 4 breaks the build."""
+    r = tmp_path / "repo"
+    r.mkdir()
+    sh(r, "init", "-q", "-b", "main")
+    sh(r, "config", "user.email", "t@example.org")
+    sh(r, "config", "user.name", "t")
+    for n in range(1, 11):
+        state = "broken" if n >= 7 else "ok"
+        (r / "state").write_text(state + "\n")
+        (r / "nocompile").write_text("yes\n" if n == 4 else "no\n")
+        (r / "n").write_text(f"{n}\n")
+        sh(r, "add", "-A")
+        sh(r, "commit", "-q", "-m", f"commit {n}")
+    return r
+
+
+def fake_cell(tree: Path, out: Path) -> CellResult:
+    out.mkdir(parents=True, exist_ok=True)
+    if (tree / "nocompile").read_text() == "yes\n":
+        return CellResult(name=CELL.name, arch=CELL.arch, verdict=Verdict.FAIL,
+                          reason="building x86_64 failed")
+    broken = (tree / "state").read_text() == "broken\n"
+    res = CellResult(name=CELL.name, arch=CELL.arch, build_dir="/b", boot_id="x",
+                     verdict=Verdict.FAIL if broken else Verdict.PASS)
+    if broken:
+        res.failures.append(FailureRecord("cpa_selftest", "CPA self-test NOT PASSED", 1, 0,
+                                          report=["CPA self-test:", "NOT PASSED."]))
+        res.reason = "cpa_selftest: CPA self-test NOT PASSED"
+        d = out / "cells" / CELL.name
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps(res.to_json()))
+    return res
+
+
+STEP = """
+import sys, pathlib
+state = pathlib.Path("state").read_text()
+if pathlib.Path("nocompile").read_text() == "yes\\n":
+    sys.exit(125)
+sys.exit(1 if state == "broken\\n" else 0)
+"""
+
+
+def test_bisect_names_the_first_bad_commit_and_restores_the_tree(repo: Path,
+                                                                  tmp_path: Path) -> None:
+    sh(repo, "checkout", "-q", "-b", "work")
+    head = sh(repo, "rev-parse", "HEAD")
+    good, bad = sh(repo, "rev-parse", "HEAD~9"), head
+    step = [sys.executable, "-c", STEP]
+    report = bisect.bisect(repo, good, bad, CELL, tmp_path / "out", fake_cell, step,
+                           any_failure=False, say=open("/dev/null", "w"))
+    assert sh(repo, "log", "-1", "--format=%s", report.first_bad) == "commit 7"
+    assert report.subject == "commit 7" and report.commits == 9 and report.max_steps == 5
+    assert report.signature == "cpa_selftest: CPA self-test NOT PASSED"
+    assert [s.checked for s in report.steps[:2]] == ["bad", "good"]
+    # left as found: same branch, same commit, no bisection in progress
+    assert sh(repo, "symbolic-ref", "--short", "HEAD") == "work"
+    assert sh(repo, "rev-parse", "HEAD") == head
+    assert not (repo / ".git" / "BISECT_LOG").exists()
+    assert json.loads((tmp_path / "out" / "bisect.json").read_text())["first_bad"] == \
+        report.first_bad
+
+
+def test_bad_input_leaves_the_tree_untouched(repo: Path, tmp_path: Path) -> None:
+    head = sh(repo, "rev-parse", "HEAD")
+    with pytest.raises(UserError, match="is not a git repository"):
+        bisect.check_tree(tmp_path, "a", "b")
+    with pytest.raises(UserError, match="--good nope is not a commit"):
+        bisect.check_tree(repo, "nope", "HEAD")
+    with pytest.raises(UserError, match="is not an ancestor"):
+        bisect.check_tree(repo, "HEAD", "HEAD~3")
+    (repo / "state").write_text("dirty\n")
+    with pytest.raises(UserError, match="uncommitted changes"):
+        bisect.check_tree(repo, "HEAD~3", "HEAD")
+    sh(repo, "checkout", "-q", "state")
+    # good and bad reversed in meaning: the "good" revision fails
+    with pytest.raises(UserError, match="does not pass at --good"):
+        bisect.bisect(repo, "HEAD~1", "HEAD", CELL, tmp_path / "o", fake_cell, ["false"],
+                      any_failure=False, say=open("/dev/null", "w"))
+    assert sh(repo, "rev-parse", "HEAD") == head
+    assert sh(repo, "symbolic-ref", "--short", "HEAD") == "main"
+
+
+def test_step_answers() -> None:
+    ok = CellResult(name="c", arch="x86_64", verdict=Verdict.PASS)
+    assert bisect.answer(ok, "x") == bisect.GOOD
+    same = CellResult(name="c", arch="x86_64", verdict=Verdict.FAIL, build_dir="/b",
+                      failures=[FailureRecord("oops", "Oops in f", 1, 0)])
+    assert bisect.answer(same, "oops: Oops in f") == bisect.BAD
+    assert bisect.answer(same, "warning: WARNING in g") == bisect.SKIP   # not chased
+    assert bisect.answer(same, None) == bisect.BAD                        # --any-failure
+    nobuild = CellResult(name="c", arch="x86_64", verdict=Verdict.FAIL, reason="building")
+    assert bisect.answer(nobuild, None) == bisect.SKIP
+    infra = CellResult(name="c", arch="x86_64", verdict=Verdict.INFRA_ERROR)
+    assert bisect.answer(infra, None) == bisect.SKIP
+    user = CellResult(name="c", arch="x86_64", verdict=Verdict.USER_ERROR)
+    assert bisect.answer(user, None) == bisect.ABORT
