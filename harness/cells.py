@@ -44,6 +44,7 @@ class Cell:
     numa_nodes: int = 1
     workload: str = ""              # a guest shell command run in the background while
                                     # the periods after the first pass are watched
+    deadline: float | None = None   # seconds for the whole cell; None: from the timeouts
 
     def kexec_trips(self) -> list[str]:
         return list(self.kexec) * self.kexec_rounds

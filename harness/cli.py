@@ -25,7 +25,14 @@ from harness.arches import ARCHES, get_arch
 from harness.cells import ALL_CELLS, KERNEL_FRAGMENTS, SMOKE, Cell, Expect
 from harness.errors import BuildError, HarnessError, UserError
 from harness.kexec import METHODS, check_method
-from harness.results import EXIT_INTERRUPTED, CellResult, Verdict, print_table, run_exit_code
+from harness.results import (
+    EXIT_INTERRUPTED,
+    CellResult,
+    Verdict,
+    print_table,
+    run_exit_code,
+    summary_line,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -281,6 +288,7 @@ def _do_run(args: argparse.Namespace, cells: list[Cell], keep: list[CellResult] 
         return 0
     sys.stdout.write("\n")
     print_table(results, sys.stdout)
+    sys.stdout.write(f"\n{summary_line(results)}\n")
     _publish(run_dir, args.db)
     sys.stdout.write(f"\nresults: {run_dir}\n")
     return run_exit_code([r.verdict for r in results])

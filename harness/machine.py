@@ -62,6 +62,12 @@ class GuestExited(Exception):
         self.status = status
 
 
+class CellDeadline(InfraError):
+    """The cell as a whole ran out of time: a backstop behind every wait's own
+    deadline. The host was too slow (or something waited without one), not
+    proof against the kernel, so it is an infrastructure error."""
+
+
 class FailureSeen(Exception):
     def __init__(self, failure: Failure) -> None:
         super().__init__(f"{failure.kind}: {failure.title}")
@@ -96,6 +102,7 @@ class Machine:
         self.child: pexpect.spawn | None = None
         self.started = 0.0
         self.last_output = 0.0
+        self.cell_deadline: float | None = None   # time.monotonic() by which all waits end
         self._log: IO[bytes] | None = None
         self._seq = itertools.count(1)
 
@@ -163,12 +170,18 @@ class Machine:
         """Wait for `pattern` on the serial console, failing fast on a kernel failure."""
         assert self.child is not None
         deadline = time.monotonic() + timeout
+        backstop = self.cell_deadline is not None and self.cell_deadline < deadline
+        if backstop:
+            deadline = self.cell_deadline or deadline
         while True:
             self._check_fatal()
             left = deadline - time.monotonic()
             if left <= 0:
                 self._handle(self.parser.flush())
                 self._check_fatal()
+                if backstop:
+                    raise CellDeadline(f"the cell's deadline passed while waiting for {what}",
+                                       "the host may be overloaded; see the serial log")
                 raise GuestHang(what, timeout)
             try:
                 self.child.expect(pattern, timeout=min(SLICE, left))
@@ -247,7 +260,8 @@ class Machine:
             try:
                 while not stop.is_set():
                     self.watch(SLICE)
-            except (FailureSeen, GuestExited, pexpect.ExceptionPexpect, OSError) as e:
+            except (FailureSeen, GuestExited, CellDeadline, pexpect.ExceptionPexpect,
+                    OSError) as e:
                 ended.append(e)
                 on_stop()
 

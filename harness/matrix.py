@@ -16,6 +16,7 @@
     kexec = ["kexec_load", "kexec_file_load"]
     kexec_rounds = 1
     workload = "..."        # guest shell command run while the periods are watched
+    deadline = 1800         # seconds for the whole cell (default: from the timeouts)
     fragments = []          # extra Kconfig fragments (each distinct set is a build)
     expect = { gbpages = true, debug_pagealloc = false, direct_map_all_4k = false }
 
@@ -43,7 +44,7 @@ TOP_KEYS = {"description", "defaults", "cell"}
 CELL_KEYS: dict[str, type] = {
     "name": str, "arch": str, "cmdline": str, "cpu": str, "memory": int, "smp": int,
     "numa": int, "scenario": str, "periods": int, "kexec": list, "kexec_rounds": int,
-    "workload": str, "fragments": list, "expect": dict,
+    "workload": str, "fragments": list, "expect": dict, "deadline": int,
 }
 EXPECT_KEYS = ("gbpages", "debug_pagealloc", "direct_map_all_4k")
 
@@ -189,4 +190,6 @@ def _cell(where: _Where, name: str, raw: dict[str, Any]) -> Cell:
         periods=_positive(where, name, raw, "periods", 1, low=0),
         expect=Expect(**expect_raw), kexec=tuple(kexec),
         kexec_rounds=_positive(where, name, raw, "kexec_rounds", 1),
-        ssh=scenario == "cpa", workload=raw.get("workload", ""))
+        ssh=scenario == "cpa", workload=raw.get("workload", ""),
+        deadline=_positive(where, name, raw, "deadline", 0, low=60) if "deadline" in raw
+        else None)

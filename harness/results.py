@@ -92,6 +92,7 @@ class CellResult:
     workload: dict[str, Any] = field(default_factory=dict)
     numa_nodes: int = 1
     retried_after: str = ""     # the infrastructure error of a first attempt
+    deadline: float = 0.0       # the cell's backstop, seconds
     started: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
@@ -198,6 +199,14 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     ET.ElementTree(suites).write(tmp, encoding="utf-8", xml_declaration=True)
     tmp.replace(path)
+
+
+def summary_line(cells: list[CellResult]) -> str:
+    """One line a CI log can be grepped for: how many passed, and which did not."""
+    bad = [c for c in cells if c.verdict != Verdict.PASS]
+    line = f"{len(cells) - len(bad)} of {len(cells)} cells passed"
+    return line + ("; not passed: " + ", ".join(f"{c.name} ({c.verdict.value})" for c in bad)
+                   if bad else "")
 
 
 def print_table(cells: list[CellResult], out: TextIO) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import platform
 import secrets
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -93,7 +95,8 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
             return list(results.values())
         pool = ThreadPoolExecutor(max_workers=max(1, opts.jobs))
         try:
-            futures = [pool.submit(_run_one, cell, ctx, out) for cell, ctx in runnable]
+            budget = MemoryBudget.of_host()
+            futures = [pool.submit(_run_one, cell, ctx, out, budget) for cell, ctx in runnable]
             for fut in futures:
                 finish(fut.result())
         except KeyboardInterrupt:
@@ -240,7 +243,55 @@ SCENARIOS: dict[str, Callable[[Cell, cpa.CellContext], CellResult]] = {
 }
 
 
-def _run_one(cell: Cell, ctx: cpa.CellContext, out: TextIO) -> CellResult:
+class MemoryBudget:
+    """Cells start only while their guests' memory fits in what the host has free.
+
+    --jobs bounds the CPUs; this bounds the RAM: QEMU can touch all of a
+    guest's memory (debug_pagealloc workloads do), and a host that swaps
+    turns every timeout into a false hang. A cell larger than the whole
+    budget still runs, alone.
+    """
+
+    OVERHEAD_MB = 256       # QEMU itself, TCG's translation cache
+
+    def __init__(self, total_mb: int) -> None:
+        self.total = total_mb
+        self.used = 0
+        self.cond = threading.Condition()
+
+    @classmethod
+    def of_host(cls) -> MemoryBudget:
+        avail_kb = 0
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        avail_kb = int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return cls(int(avail_kb / 1024 * 0.8) if avail_kb else 1 << 30)
+
+    @contextmanager
+    def hold(self, memory_mb: int) -> Iterator[None]:
+        need = memory_mb + self.OVERHEAD_MB
+        with self.cond:
+            self.cond.wait_for(lambda: self.used == 0 or self.used + need <= self.total)
+            self.used += need
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.used -= need
+                self.cond.notify_all()
+
+
+def _run_one(cell: Cell, ctx: cpa.CellContext, out: TextIO,
+             budget: MemoryBudget | None = None) -> CellResult:
+    with budget.hold(cell.memory_mb) if budget else nullcontext():
+        return _attempts(cell, ctx, out)
+
+
+def _attempts(cell: Cell, ctx: cpa.CellContext, out: TextIO) -> CellResult:
     """Run a cell; an infrastructure error (QEMU, ssh, a taken port) gets one more try.
 
     A kernel-side failure is never retried: a flaky kernel must not pass on

@@ -41,7 +41,8 @@ def own(path: Path) -> None:
 
 
 def commit(repo: Path, message: str) -> str:
-    git(repo, "add", "-A")
+    # -f: Debian's linux-source .gitignore ignores everything at the top level
+    git(repo, "add", "-A", "-f")
     git(repo, "commit", "-q", "-m", message)
     return git(repo, "rev-parse", "HEAD")
 

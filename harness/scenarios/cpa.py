@@ -41,6 +41,13 @@ class Timeouts:
     copy: float = 300.0    # one file copied into the guest
     liveness: float = 10.0  # how often the shell is poked while watching
 
+    def cell_budget(self, periods: int, trips: int) -> float:
+        """A whole cell's backstop: every wait at its own deadline, plus slack."""
+        one_boot = self.boot + self.ssh + self.first_pass + 30 * self.command
+        period = SELFTEST_PERIOD + 5 + 4 * self.command
+        trip = one_boot + 2 * self.copy
+        return one_boot + periods * period + trips * trip
+
     @classmethod
     def for_accel(cls, accel: str) -> Timeouts:
         # TCG runs the guest 10-50x slower than KVM; the self-test period is 30 s either way.
@@ -102,6 +109,8 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
     m = Machine(params, serial, is_fatal=is_fatal)
     g = Guest(m, access, t.command)
     start = time.monotonic()
+    res.deadline = cell.deadline or t.cell_budget(cell.periods, len(cell.kexec_trips()))
+    m.cell_deadline = start + res.deadline
     try:
         m.start()
         res.boot_id = g.boot(t.boot, t.ssh)
