@@ -125,13 +125,30 @@ RunCell = Callable[[Path, Path], CellResult]
 
 
 def run_step(tree: Path, run_cell: RunCell, wanted: str | None, steps_dir: Path,
-             log: Path | None) -> tuple[int, Step]:
-    """Build and run the cell on the tree's checkout; log the step; its exit code."""
+             log: Path | None, patches: list[Path] | None = None) -> tuple[int, Step]:
+    """Build and run the cell on the tree's checkout (with `patches` applied on top
+    for the step's length); log the step; its exit code."""
     rev = git(tree, "rev-parse", "HEAD")
     subject = git(tree, "log", "-1", "--format=%s", rev)
     out = steps_dir / f"{len(list(steps_dir.glob('*'))) + 1:02d}-{rev[:12]}"
     start = time.monotonic()
-    res = run_cell(tree, out)
+    applied: list[Path] = []
+    try:
+        for p in patches or []:
+            # In place, not on a copy: the build directory then stays incremental.
+            r = subprocess.run(["git", "-C", str(tree), "apply", str(p.resolve())],
+                               capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                res = CellResult(name="", arch="", verdict=Verdict.INFRA_ERROR,
+                                 reason=f"patch {p.name} does not apply here: "
+                                        f"{r.stderr.strip()[:150]}")
+                break
+            applied.append(p)
+        else:
+            res = run_cell(tree, out)
+    finally:
+        for p in reversed(applied):
+            git(tree, "apply", "-R", str(p.resolve()))
     code = answer(res, wanted)
     build_s = float(res.durations.get("build", 0.0))
     step = Step(rev, subject, {GOOD: "good", BAD: "bad", SKIP: "skip"}.get(code, "abort"),
@@ -145,7 +162,8 @@ def run_step(tree: Path, run_cell: RunCell, wanted: str | None, steps_dir: Path,
 
 
 def bisect(tree: Path, good: str, bad: str, cell: Cell, out: Path, run_cell: RunCell,
-           step_command: list[str], any_failure: bool, say: TextIO) -> Report:
+           step_command: list[str], any_failure: bool, say: TextIO,
+           patches: list[Path] | None = None) -> Report:
     tree = tree.resolve()
     good_id, bad_id = check_tree(tree, good, bad)
     report = Report(str(tree), cell.name, good_id, bad_id, "")
@@ -156,7 +174,7 @@ def bisect(tree: Path, good: str, bad: str, cell: Cell, out: Path, run_cell: Run
     try:
         for checked, rev in (("bad", bad_id), ("good", good_id)):
             git(tree, "checkout", "-q", "--detach", rev)
-            code, step = run_step(tree, run_cell, None, steps_dir, None)
+            code, step = run_step(tree, run_cell, None, steps_dir, None, patches)
             step.checked = checked
             report.steps.append(step)
             say.write(f"bisect: {checked} {rev[:12]}: {step.verdict} {step.reason}\n")
@@ -173,6 +191,8 @@ def bisect(tree: Path, good: str, bad: str, cell: Cell, out: Path, run_cell: Run
         report.max_steps = math.ceil(math.log2(max(report.commits, 1))) + 1
         git(tree, "bisect", "start", bad_id, good_id)
         cmd = [*step_command, "--log", str(log), "--steps-dir", str(steps_dir)]
+        for p in patches or []:
+            cmd += ["--patch", str(p.resolve())]
         cmd += ["--any-failure"] if any_failure else ["--signature", report.signature]
         r = subprocess.run(["git", "-C", str(tree), "bisect", "run", *cmd],
                            capture_output=True, text=True)
@@ -234,10 +254,10 @@ def print_report(report: Report, out: TextIO) -> None:
 
 
 def main_step(tree: Path, run_cell: RunCell, wanted: str | None, steps_dir: Path,
-              log: Path | None) -> int:
+              log: Path | None, patches: list[Path] | None = None) -> int:
     """`cpa-harness bisect-step`: one step, answered as git bisect run expects."""
     try:
-        code, step = run_step(tree, run_cell, wanted, steps_dir, log)
+        code, step = run_step(tree, run_cell, wanted, steps_dir, log, patches)
     except UserError as e:
         sys.stderr.write(f"cpa-harness: error: {e.line()}\n")
         return ABORT

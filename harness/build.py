@@ -222,6 +222,10 @@ def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,
           quiet: bool = False) -> None:
     argv = ["make", "-C", str(req.source.path), f"O={out}", f"ARCH={req.arch.make_arch}",
             f"-j{req.jobs}", *targets]
+    if req.reuse_dir and shutil.which("ccache"):
+        # Bisect steps: what make must rebuild after a checkout, ccache may still
+        # know from an earlier step (e.g. going back to a revision already built).
+        argv.append("CC=ccache gcc")
     env = dict(os.environ, KBUILD_BUILD_USER="cpa-harness", KBUILD_BUILD_HOST="cpa-harness")
     progress = None if quiet else Progress(f"build {req.arch.name}")
     with open(log, "a") as logf:

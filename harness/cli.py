@@ -84,6 +84,9 @@ def _add_step(p: argparse.ArgumentParser) -> None:
     p.add_argument("--periods", type=int, metavar="N", help="self-test periods after the first")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     p.add_argument("--make-jobs", type=int, default=0, metavar="N")
+    p.add_argument("--patch", action="append", default=[], metavar="FILE|DIR",
+                   help="apply on top of every revision tested (repeatable; a directory is a "
+                        "series); a revision it does not apply to is skipped")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,6 +311,7 @@ def _do_bisect(args: argparse.Namespace) -> int:
     from harness.run import RunOptions, new_run_dir, run_cells
 
     cell = _one_cell(args.cell, args.matrix)
+    patches = source.patch_files(args.patch)    # a missing patch: a user error now
     if args.periods is not None:
         cell = replace(cell, periods=args.periods)
     known = known_issues.load(paths.KNOWN_ISSUES)
@@ -322,7 +326,7 @@ def _do_bisect(args: argparse.Namespace) -> int:
         if not args.any_failure and not args.signature:
             raise UserError("bisect-step needs --signature 'kind: title' or --any-failure")
         return bisect.main_step(Path.cwd(), run_cell, None if args.any_failure else
-                                args.signature, args.steps_dir, args.log)
+                                args.signature, args.steps_dir, args.log, patches)
     out = args.out or new_run_dir(paths.data_dir())
     step = [sys.executable, "-m", "harness", "bisect-step", "--cell", cell.name,
             "--accel", args.accel, "--periods", str(cell.periods)]
@@ -331,7 +335,7 @@ def _do_bisect(args: argparse.Namespace) -> int:
     if args.make_jobs:
         step += ["--make-jobs", str(args.make_jobs)]
     report = bisect.bisect(Path(args.tree), args.good, args.bad, cell, out, run_cell, step,
-                           args.any_failure, sys.stdout)
+                           args.any_failure, sys.stdout, patches)
     bisect.print_report(report, sys.stdout)
     sys.stdout.write(f"\nreport: {out / 'bisect.json'}\n")
     return 0 if report.first_bad else 3

@@ -127,3 +127,28 @@ def test_step_answers() -> None:
     assert bisect.answer(infra, None) == bisect.SKIP
     user = CellResult(name="c", arch="x86_64", verdict=Verdict.USER_ERROR)
     assert bisect.answer(user, None) == bisect.ABORT
+
+
+def test_patches_are_applied_for_each_run_and_taken_off_after(repo: Path,
+                                                              tmp_path: Path) -> None:
+    patch = tmp_path / "marker.patch"
+    patch.write_text("--- /dev/null\n+++ b/marker\n@@ -0,0 +1 @@\n+patched\n")
+    seen: list[bool] = []
+
+    def cell(tree: Path, out: Path) -> CellResult:
+        seen.append((tree / "marker").exists())
+        return fake_cell(tree, out)
+
+    step = [sys.executable, "-c", STEP]
+    report = bisect.bisect(repo, "HEAD~9", "HEAD", CELL, tmp_path / "out", cell, step,
+                           any_failure=False, say=open("/dev/null", "w"), patches=[patch])
+    assert report.subject == "commit 7"
+    assert seen == [True, True]                  # the bad and good runs had it
+    assert not (repo / "marker").exists()
+    assert sh(repo, "status", "--porcelain") == ""
+    # a patch that does not apply: the revision is skipped, the tree left clean
+    bad = tmp_path / "bad.patch"
+    bad.write_text("--- a/nope\n+++ b/nope\n@@ -1 +1 @@\n-x\n+y\n")
+    code, s = bisect.run_step(repo, cell, None, tmp_path / "steps", None, [bad])
+    assert code == bisect.SKIP and "bad.patch does not apply here" in s.reason
+    assert sh(repo, "status", "--porcelain") == ""
