@@ -37,12 +37,20 @@ X86_64 = Arch(
 # i386 guests run on a 32-bit Intel model with PAE and NX (Core Duo): TCG's "max"
 # reports AMD and the kernel then WARNs in init_amd ("not suitable for SMP") on a
 # good kernel; 64-bit models make qemu-system-i386 warn about lm and syscall.
+# QEMU's coreduo lacks two features the real Core Duo has: PSE36 and PAT.
+# Without PSE36 QEMU gives the CPU 32 physical address bits while a PAE
+# kernel assumes 36, so a guest with RAM above 4 GiB faults on its own page
+# tables (seen: "unable to handle page fault ... error_code(0x000a)", a
+# reserved-bit fault, unpacking the initramfs into a highmem page); without
+# PAT the kernel runs CPA with no PAT at all, unlike the hardware.
+I386_CPU = "coreduo,+pse36,+pat"
+
 I386_PAE = Arch(
     name="i386-pae",
     make_arch="i386",
     qemu="qemu-system-i386",
     machine="pc",
-    cpu="coreduo",
+    cpu=I386_CPU,
     image="arch/x86/boot/bzImage",
     fragments=("i386.config", "i386-pae.config"),
     debian_arch="i386",
@@ -55,7 +63,7 @@ I386 = Arch(
     make_arch="i386",
     qemu="qemu-system-i386",
     machine="pc",
-    cpu="coreduo",
+    cpu=I386_CPU,
     image="arch/x86/boot/bzImage",
     fragments=("i386.config", "i386-nopae.config"),
     debian_arch="i386",
