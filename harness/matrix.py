@@ -179,8 +179,9 @@ def _cell(where: _Where, name: str, raw: dict[str, Any]) -> Cell:
         raise where.fail(name, "expect.gbpages", "GB pages exist on x86_64 only")
     smp = _positive(where, name, raw, "smp", 2)
     numa = _positive(where, name, raw, "numa", 1)
-    if numa > smp:
-        raise where.fail(name, "numa", f"{numa} nodes need at least {numa} CPUs (smp = {smp})")
+    if smp % numa:
+        raise where.fail(name, "numa", f"{numa} nodes need a multiple of {numa} CPUs "
+                                       f"(smp = {smp}): one socket per node")
     if scenario == "selfcheck" and kexec:
         raise where.fail(name, "kexec", "the selfcheck scenario does no kexec")
     return Cell(

@@ -56,7 +56,7 @@ def qemu_argv(p: QemuParams) -> list[str]:
         "-accel", p.accel,
         "-cpu", p.cpu,
         "-m", str(p.memory_mb),
-        "-smp", str(p.smp),
+        "-smp", smp_arg(p.smp, p.numa_nodes),
         "-nodefaults", "-no-user-config",
         "-display", "none",
         "-serial", "stdio",
@@ -74,15 +74,26 @@ def qemu_argv(p: QemuParams) -> list[str]:
     return argv + list(p.extra)
 
 
+def smp_arg(smp: int, nodes: int) -> str:
+    """With NUMA nodes, one socket per node: CPUs of one socket share a last-level
+    cache, and a kernel seeing LLC siblings on different nodes WARNs in
+    topology_sane() ("llc-sibling CPU #0 is not on the same node") on a good kernel."""
+    if nodes <= 1:
+        return str(smp)
+    return f"{smp},sockets={nodes},cores={smp // nodes},threads=1"
+
+
 def numa_argv(nodes: int, memory_mb: int, smp: int) -> list[str]:
     """One RAM backend per node (QEMU dropped '-numa node,mem=' for current
-    machine types); CPUs go round-robin. The guest sees the nodes through ACPI SRAT."""
+    machine types); each node takes one socket's CPUs. The guest sees the nodes
+    through ACPI SRAT."""
     if nodes <= 1:
         return []
     argv: list[str] = []
+    per = smp // nodes
     for n in range(nodes):
         size = memory_mb // nodes + (memory_mb % nodes if n == nodes - 1 else 0)
-        cpus = [c for c in range(smp) if c % nodes == n]
+        cpus = list(range(n * per, (n + 1) * per))
         argv += ["-object", f"memory-backend-ram,id=mem{n},size={size}M",
                  "-numa", f"node,nodeid={n},memdev=mem{n}"
                  + "".join(f",cpus={c}" for c in cpus)]

@@ -54,7 +54,7 @@ CELL = '[[cell]]\nname = "a"\narch = "x86_64"\n'
     (CELL + "memory = '2G'\n", "cell 'a': key 'memory'", "must be an integer, not '2G'"),
     (CELL + "smp = true\n", "cell 'a': key 'smp'", "must be an integer, not True"),
     (CELL + "smp = 0\n", "cell 'a': key 'smp'", "must be at least 1, not 0"),
-    (CELL + "numa = 4\n", "cell 'a': key 'numa'", "4 nodes need at least 4 CPUs"),
+    (CELL + "numa = 4\n", "cell 'a': key 'numa'", "4 nodes need a multiple of 4 CPUs"),
     (CELL + "fragments = ['no-such']\n", "cell 'a': key 'fragments'",
      "unknown config fragment 'no-such'"),
     (CELL + "scenario = 'boot'\n", "cell 'a': key 'scenario'", "unknown scenario 'boot'"),

@@ -35,13 +35,16 @@ def test_argv_with_ssh_and_qmp(golden: Callable[[str, str], None]) -> None:
 
 def test_two_numa_nodes_split_memory_and_cpus(golden: Callable[[str, str], None]) -> None:
     arch = ARCHES["x86_64"]
-    p = qemu.QemuParams(arch=arch, accel="tcg", cpu="max", memory_mb=3000, smp=3, cmdline="",
+    p = qemu.QemuParams(arch=arch, accel="tcg", cpu="max", memory_mb=3001, smp=4, cmdline="",
                         kernel=Path("/k/bzImage"), initrd=Path("/k/i.cpio"), numa_nodes=2)
     argv = qemu.qemu_argv(p)
-    assert argv[argv.index("-m") + 1] == "3000"
+    assert argv[argv.index("-m") + 1] == "3001"
+    assert argv[argv.index("-smp") + 1] == "4,sockets=2,cores=2,threads=1"
     assert "memory-backend-ram,id=mem0,size=1500M" in argv
-    assert "node,nodeid=0,memdev=mem0,cpus=0,cpus=2" in argv
-    assert "node,nodeid=1,memdev=mem1,cpus=1" in argv
+    assert "memory-backend-ram,id=mem1,size=1501M" in argv
+    # a node is a socket: its CPUs share a last-level cache
+    assert "node,nodeid=0,memdev=mem0,cpus=0,cpus=1" in argv
+    assert "node,nodeid=1,memdev=mem1,cpus=2,cpus=3" in argv
     golden("qemu-x86_64-numa.argv", qemu.show_command(p) + "\n")
 
 
