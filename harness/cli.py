@@ -189,7 +189,7 @@ def _select(patterns: list[str], matrix: Path | None = None,
     (among all built-in cells without --matrix); --shard takes a stable part."""
     if matrix is not None:
         from harness.matrix import load
-        universe, default = list(load(matrix).cells), list(load(matrix).cells)
+        universe = default = list(load(matrix).cells)
     else:
         universe, default = list(ALL_CELLS), list(SMOKE)
     chosen = default
