@@ -94,11 +94,12 @@ def test_bisect_names_the_breaking_commit(repo: tuple[Path, list[str]],
     # the bad revision's run: a kernel whose self-test really fails is called broken
     bad = next(s for s in report["steps"] if s["checked"] == "bad")
     [result] = Path(bad["result_dir"]).glob("cells/*/result.json")
-    r = json.loads(result.read_text())
-    assert r["verdict"] == "fail" and r["reason"] == "cpa_selftest: CPA self-test NOT PASSED"
-    assert r["source_id"] == f"git:{revs[-1]}"
-    assert [p["result"] for p in r["cpa_selftest"]] == ["fail"]
-    assert any("bad pte after revert" in e["message"] for e in r["cpa_selftest"][0]["errors"])
+    doc = json.loads(result.read_text())
+    assert doc["verdict"] == "fail"
+    assert doc["reason"] == "cpa_selftest: CPA self-test NOT PASSED"
+    assert doc["source_id"] == f"git:{revs[-1]}"
+    assert [p["result"] for p in doc["cpa_selftest"]] == ["fail"]
+    assert any("bad pte after revert" in e["message"] for e in doc["cpa_selftest"][0]["errors"])
     junit = (result.parent.parent.parent / "junit.xml").read_text()
     assert "bad pte after revert" in junit and "CPA self-test NOT PASSED" in junit
     # the repository is as it was
