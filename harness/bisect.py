@@ -45,6 +45,7 @@ class Step:
     run_seconds: float
     result_dir: str
     checked: str = ""           # "good"/"bad" for the two runs before bisecting
+    patches: list[str] = field(default_factory=list)    # applied on top for this step
 
 
 @dataclass
@@ -153,7 +154,8 @@ def run_step(tree: Path, run_cell: RunCell, wanted: str | None, steps_dir: Path,
     build_s = float(res.durations.get("build", 0.0))
     step = Step(rev, subject, {GOOD: "good", BAD: "bad", SKIP: "skip"}.get(code, "abort"),
                 res.verdict.value, res.reason or signature(res), round(build_s, 1),
-                round(time.monotonic() - start - build_s, 1), str(out))
+                round(time.monotonic() - start - build_s, 1), str(out),
+                patches=[str(p) for p in patches or []])
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as f:

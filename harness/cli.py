@@ -327,6 +327,7 @@ def _do_bisect(args: argparse.Namespace) -> int:
             raise UserError("bisect-step needs --signature 'kind: title' or --any-failure")
         return bisect.main_step(Path.cwd(), run_cell, None if args.any_failure else
                                 args.signature, args.steps_dir, args.log, patches)
+    bisect.check_tree(Path(args.tree).resolve(), args.good, args.bad)  # before any output
     out = args.out or new_run_dir(paths.data_dir())
     step = [sys.executable, "-m", "harness", "bisect-step", "--cell", cell.name,
             "--accel", args.accel, "--periods", str(cell.periods)]

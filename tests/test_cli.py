@@ -37,6 +37,13 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     (["run", "--kexec-rounds", "0"], 2, "--kexec-rounds must be at least 1"),
     (["ssh", "/nonexistent-run"], 2, "is not a cpa-harness run directory"),
     (["ssh", "/tmp"], 2, "is not a cpa-harness run directory"),
+    (["bisect", "--tree", "/tmp", "--good", "a", "--bad", "b", "--cell", "nope"], 2,
+     "no cell 'nope' in the built-in cells"),
+    (["bisect", "--tree", "/tmp", "--good", "a", "--bad", "b", "--cell", "i386"], 2,
+     "/tmp is not a git repository"),
+    (["bisect", "--tree", "/tmp", "--good", "a", "--bad", "b", "--cell", "i386",
+      "--patch", "/nonexistent.patch"], 2, "/nonexistent.patch"),
+    (["bisect-step", "--cell", "i386"], 2, "needs --signature"),
     (["parse", "/nonexistent.log"], 2, "/nonexistent.log"),
     (["parse", "/"], 2, "directory"),
 ])
