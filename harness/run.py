@@ -7,13 +7,15 @@ an interrupted run keeps everything already finished.
 
 from __future__ import annotations
 
+import io
 import platform
 import secrets
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -71,6 +73,9 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
               keep: list[CellResult] | None = None) -> list[CellResult]:
     """Run cells into run_dir; `keep` are finished results of an earlier attempt (--resume)."""
     out = out or sys.stdout   # looked up now: sys.stdout may have been replaced
+    live = Live(out, len(cells)) if out.isatty() else None
+    if live:
+        out = cast(TextIO, live)
     results = {r.name: r for r in keep or []}
     results.update({c.name: CellResult(name=c.name, arch=c.arch) for c in cells})
     meta = {"started": time.time(), "host": platform.node(), "tree": opts.tree or "debian",
@@ -79,6 +84,8 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
     def finish(res: CellResult) -> None:
         results[res.name] = res
         write_cell(run_dir, res)
+        if live:
+            live.finished(res.name)
         say(out, f"[{res.name}] {res.verdict.value}{': ' + res.reason if res.reason else ''}"
                  f" ({res.durations.get('total', 0):.0f}s)")
 
@@ -97,7 +104,7 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
         try:
             budget = MemoryBudget.of_host()
             futures = [pool.submit(_run_one, cell, ctx, out, budget) for cell, ctx in runnable]
-            for fut in futures:
+            for fut in as_completed(futures):
                 finish(fut.result())
         except KeyboardInterrupt:
             # Cells not yet started stay "not-run"; running guests are killed so
@@ -113,10 +120,72 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
         meta["interrupted"] = True
         raise
     finally:
+        if live:
+            live.close()
         meta["finished"] = time.time()
         write_summary(run_dir, list(results.values()), meta)
         _drop_keyed_images(run_dir)
-    return list(results.values())
+    return [results[n] for n in [*(r.name for r in keep or []), *(c.name for c in cells)]]
+
+
+class Live(io.TextIOBase):
+    """On a terminal: the log lines scroll as usual, and one status line under
+    them shows the cells running and for how long, redrawn every second."""
+
+    def __init__(self, out: TextIO, total: int) -> None:
+        self.out = out
+        self.total = total
+        self.done = 0
+        self.running: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.ticker = threading.Thread(target=self._tick, name="live-view", daemon=True)
+        self.ticker.start()
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            self.out.write("\r\033[K" + text)
+            self._draw()
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def started(self, name: str) -> None:
+        with self.lock:
+            self.running[name] = time.monotonic()
+
+    def finished(self, name: str) -> None:
+        with self.lock:
+            self.running.pop(name, None)
+            self.done += 1
+
+    def status(self) -> str:
+        now = time.monotonic()
+        cells = ", ".join(f"{n} {now - t:.0f}s" for n, t in self.running.items())
+        return f"[{self.done}/{self.total} done] {cells or 'building, preparing'}"
+
+    def _draw(self) -> None:
+        width = shutil.get_terminal_size().columns
+        self.out.write(self.status()[:max(20, width - 1)])
+        self.out.flush()
+
+    def _tick(self) -> None:
+        while not self.stop.wait(1.0):
+            with self.lock:
+                self.out.write("\r\033[K")
+                self._draw()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.ticker.join()
+        with self.lock:
+            self.out.write("\r\033[K")
+            self.out.flush()
+        super().close()
 
 
 def _drop_keyed_images(run_dir: Path) -> None:
@@ -298,6 +367,8 @@ def _attempts(cell: Cell, ctx: cpa.CellContext, out: TextIO) -> CellResult:
     its second attempt. The first attempt's serial log is kept beside.
     """
     ctx.cell_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(out, Live):
+        out.started(cell.name)
     say(out, f"[{cell.name}] started ({cell.arch}, {ctx.accel.accel}, {ctx.cell_dir})")
     res = SCENARIOS[cell.scenario](cell, ctx)
     if res.verdict != Verdict.INFRA_ERROR:

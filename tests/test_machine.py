@@ -81,3 +81,22 @@ def test_memory_budget_holds_cells_back_until_memory_is_free() -> None:
     # a cell larger than the whole budget still runs, alone
     with MemoryBudget(100).hold(4096):
         pass
+
+
+def test_live_view_draws_a_status_line_under_the_log() -> None:
+    import io
+
+    from harness.run import Live, say
+    screen = io.StringIO()
+    live = Live(screen, total=2)
+    live.started("x86_64-cpa")
+    say(live, "[x86_64-cpa] started")      # type: ignore[arg-type]
+    time.sleep(1.2)                          # the ticker redraws the running time
+    live.finished("x86_64-cpa")
+    say(live, "[x86_64-cpa] pass (79s)")   # type: ignore[arg-type]
+    live.close()
+    text = screen.getvalue()
+    assert "[x86_64-cpa] started\n" in text and "[x86_64-cpa] pass (79s)\n" in text
+    assert "[0/2 done] x86_64-cpa 1s" in text
+    assert "[1/2 done] building, preparing" in text
+    assert text.endswith("\r\x1b[K")       # the status line is cleared at the end
