@@ -173,3 +173,27 @@ def test_repeated_build_does_no_kernel_work(smoke: tuple[int, Path]) -> None:
     b = kbuild.build(req, paths.cache_dir())
     assert b.cached
     assert b.image.exists()
+
+
+def test_resume_runs_only_the_missing_cells(smoke: tuple[int, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A run interrupted after two cells: --resume keeps them and runs the other two
+    (--show-command: what would run, without booting again)."""
+    import shutil
+    run = tmp_path / "interrupted"
+    shutil.copytree(smoke[1], run, ignore=shutil.ignore_patterns("*.sqlite*"))
+    summary = json.loads((run / "summary.json").read_text())
+    for entry in summary["cells"]:
+        if entry["name"].startswith("i386"):
+            entry["verdict"] = "not-run"
+            shutil.rmtree(run / "cells" / entry["name"])
+    summary["interrupted"] = True
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert main(["run", "--resume", str(run), "--show-command", "--db",
+                 str(tmp_path / "h.sqlite")]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "2 cells kept, 2 to run" in out
+    shown = [line.split(":")[0] for line in out.splitlines() if ": qemu-system-" in line]
+    assert shown == ["i386-pae", "i386"]
+    kept = json.loads((run / "cells" / "x86_64-gbpages" / "result.json").read_text())
+    assert kept["verdict"] == "pass"            # finished cells are left alone
