@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import paths
+from harness import flush, paths
 from harness.errors import InfraError, UserError
 from harness.results import Verdict
 from harness.rundir import read_json
@@ -91,7 +91,6 @@ OUR_TABLES = {"schema_version", "runs", "cells"}
 DIRECT_MAP_COLUMNS = {"DirectMap4k": "dm_4k_kb", "DirectMap2M": "dm_2m_kb",
                       "DirectMap4M": "dm_4m_kb", "DirectMap1G": "dm_1g_kb"}
 LARGE_PAGES = ("DirectMap2M", "DirectMap4M", "DirectMap1G")
-FLUSH_GROUPS = ("full_flush", "cache_range", "cpa_tlb", "global_tlb", "ipi")
 TIMES = ("boot_to_ready", "to_verdict")
 
 
@@ -209,16 +208,16 @@ def _counters_json(vmstat: object) -> str | None:
     return None if vmstat is None else json.dumps(_counters(vmstat))
 
 
-def _flush_groups(flush: object) -> tuple[dict[str, int] | None, int]:
+def _flush_groups(accounting: object) -> tuple[dict[str, int] | None, int]:
     """Flush-accounting groups summed over the windows, and the number of windows.
 
     Summed because the windows are consecutive spans of one cell (first pass,
     each period): together they are every flush the self-test caused.
     """
-    windows = [w for w in _obj(flush).get("windows") or [] if isinstance(w, dict)]
+    windows = [w for w in _obj(accounting).get("windows") or [] if isinstance(w, dict)]
     if not windows:
         return None, 0
-    total = dict.fromkeys(FLUSH_GROUPS, 0)
+    total = dict.fromkeys(flush.GROUPS, 0)
     for w in windows:
         for k, v in _obj(w.get("groups")).items():
             if isinstance(v, int):
@@ -655,7 +654,7 @@ NOTABLE = (
     ("delta:direct_map_level2_splits", "L2 splits", _count),
     ("delta:direct_map_level3_splits", "L3 splits", _count),
     ("tlb_total", "nr_tlb", _count),
-    *((f"flush:{g}", g, _count) for g in FLUSH_GROUPS),
+    *((f"flush:{g}", g, _count) for g in flush.GROUPS),
     ("boot_to_ready", "boot", _secs), ("to_verdict", "verdict", _secs),
 )
 TIME_NOTABLE_PCT = 10.0     # times always differ a little; only a tenth is worth a mention

@@ -19,11 +19,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from harness import flush
 from harness.errors import InfraError
 from harness.results import CellResult
 from harness.rundir import read_run
-
-FLUSH_GROUPS = ("full_flush", "cache_range", "cpa_tlb", "global_tlb", "ipi")
 
 # Largest first: a bar reads as "how much is still in big pages" from the left.
 PAGE_SIZES = ("1G", "2M", "4M", "4k")
@@ -137,28 +136,13 @@ def _header(summary: dict[str, Any]) -> str:
 
 # -- verdict table -----------------------------------------------------------
 
-def _first_flush_window(cell: CellResult) -> dict[str, Any] | None:
-    windows = cell.flush.get("windows") if isinstance(cell.flush, dict) else None
-    if not isinstance(windows, list) or not windows or not isinstance(windows[0], dict):
-        return None
-    groups = windows[0].get("groups")
-    return groups if isinstance(groups, dict) else None
-
-
 def _flush_cell(cell: CellResult) -> str:
-    groups = _first_flush_window(cell)
+    groups = cell.first_flush_groups()
     if groups is None:
         return "n/a" if cell.flush.get("unavailable") else "-"
     # One line per group, named as in flush.GROUPS, so the numbers need no legend.
     return "<br>".join(f'<span data-group="{g}">{g} {_e(groups.get(g, "?"))}</span>'
-                       for g in FLUSH_GROUPS)
-
-
-def _kexec_cell(cell: CellResult) -> str:
-    if not cell.kexec:
-        return "-"
-    ok = sum(1 for rt in cell.kexec if rt.get("verified") and rt.get("selftest") == "pass")
-    return f"{ok}/{len(cell.kexec)}"
+                       for g in flush.GROUPS)
 
 
 def _duration(cell: CellResult) -> str:
@@ -177,7 +161,7 @@ def _verdict_row(index: int, cell: CellResult) -> str:
             f'<td class="verdict v-{escape(verdict)}">{escape(verdict)}</td>'
             f'<td class="accel">{_e(cell.accel)}</td>'
             f'<td class="selftest">{escape(passes)}</td>'
-            f'<td class="kexec num">{_kexec_cell(cell)}</td>'
+            f'<td class="kexec num">{cell.kexec_summary()}</td>'
             f'<td class="flush">{_flush_cell(cell)}</td>'
             f'<td class="duration num">{_duration(cell)}</td>'
             f'<td class="reason">{_e(cell.reason)}</td></tr>')

@@ -110,12 +110,19 @@ class CellResult:
         return "-"
 
 
+    def first_flush_groups(self) -> dict[str, Any] | None:
+        """Flush calls per group in the first counting window, if there was one."""
+        windows = self.flush.get("windows") if isinstance(self.flush, dict) else None
+        if not isinstance(windows, list) or not windows or not isinstance(windows[0], dict):
+            return None
+        groups = windows[0].get("groups")
+        return groups if isinstance(groups, dict) else None
+
     def flush_summary(self) -> str:
         """The first window's flush calls: full write-backs, CLFLUSH ranges, TLB flushes."""
-        windows = self.flush.get("windows") or []
-        if not windows:
+        g = self.first_flush_groups()
+        if g is None:
             return "n/a" if self.flush.get("unavailable") else "-"
-        g = windows[0]["groups"]
         return (f"wbinvd {g['full_flush']} clflush {g['cache_range']} "
                 f"tlb {g['cpa_tlb'] + g['global_tlb']} ipi {g['ipi']}")
 
@@ -123,8 +130,12 @@ class CellResult:
         """Round trips proven (nonce and boot id) and self-tested, of those tried."""
         if not self.kexec:
             return "-"
-        ok = sum(1 for rt in self.kexec if rt.get("verified") and rt.get("selftest") == "pass")
-        return f"{ok}/{len(self.kexec)}"
+        return f"{sum(1 for rt in self.kexec if trip_passed(rt))}/{len(self.kexec)}"
+
+
+def trip_passed(rt: dict[str, Any]) -> bool:
+    """A kexec round trip proven (nonce and new boot id) whose new kernel passed the self-test."""
+    return bool(rt.get("verified")) and rt.get("selftest") == "pass"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -176,8 +187,7 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
                                     for e in p.get("errors", []))))
         for i, rt in enumerate(c.kexec, 1):
             cases.append((f"kexec round trip {i} ({rt.get('method')})",
-                          None if rt.get("verified") and rt.get("selftest") == "pass"
-                          else rt.get("error") or "not verified",
+                          None if trip_passed(rt) else rt.get("error") or "not verified",
                           f"nonce {rt.get('nonce')}, boot id {rt.get('boot_id_before')} -> "
                           f"{rt.get('boot_id_after') or '?'}"))
         bad = [f for f in c.failures if not f.known]
