@@ -24,12 +24,11 @@ import paramiko
 from harness import runtime, stats
 from harness.cells import Cell
 from harness.errors import HarnessError, InfraError, UserError
-from harness.guest import Guest, SshAccess, qemu_running, read_guest_file
-from harness.machine import FailureSeen, GuestExited, GuestHang, Machine
-from harness.qemu import show_command
-from harness.results import CellResult, Verdict, write_json
+from harness.guest import Guest, qemu_running, read_guest_file
+from harness.machine import FailureSeen, GuestExited, GuestHang
+from harness.results import CellResult, Verdict
 from harness.scenarios import cpa
-from harness.ssh import GuestSsh, free_port
+from harness.ssh import GuestSsh
 
 ESCAPE = "\x1d"     # Ctrl-]: leaves the serial console, as in telnet
 
@@ -89,31 +88,21 @@ def open_shell(ssh: GuestSsh) -> paramiko.Channel:
 def run(cell: Cell, ctx: cpa.CellContext, run_dir: Path, mode: str, out: TextIO) -> CellResult:
     """Boot, hand the guest to the user (mode 'interactive' or 'ssh'), then judge."""
     res = cpa.new_result(cell, ctx)
-    serial = ctx.cell_dir / "serial.log"
-    res.serial_log = str(serial)
-    t = cpa.Timeouts.for_accel(ctx.accel.accel)
     if ctx.ssh_key is None:
         raise InfraError("a manual session needs the run's ssh key")
-    access = SshAccess(free_port(), ctx.ssh_key)
-    params = cpa.qemu_params(cell, ctx, access.port)
-    res.cmdline = params.full_cmdline()
-    res.qemu_command = show_command(params)
-    m = Machine(params, serial, is_fatal=lambda f, k: False)  # the user decides when to stop
-    g = Guest(m, access, t.command)
+    # No failure ends a session: the user decides when to stop.
+    g, t = cpa.launch(cell, ctx, res, is_fatal=lambda f, k: False)
+    m, access = g.m, g.access
+    assert access is not None
     start = time.monotonic()
     try:
         m.start()
-        out.write(f"booting {cell.name} ({ctx.accel.accel}); serial log {serial}\n")
+        out.write(f"booting {cell.name} ({ctx.accel.accel}); serial log {res.serial_log}\n")
         out.flush()
         res.boot_id = g.boot(t.boot, t.ssh)
-        res.ssh = g.describe()
-        write_json(ctx.cell_dir / "guest.json", g.describe())
         write_known_hosts(run_dir, access.port, g.host_key)
-        view = runtime.read_view(g.run, ctx.build.config_text())
-        res.guest = view.to_json()
+        view, boot = cpa.first_look(cell, ctx, res, g)
         problems = runtime.mismatches(view, res.cmdline, res.accel, cell.smp)
-        boot = stats.collect(g.run, "boot", cell.arch)
-        res.stats = {"boot": boot.to_json()}
         for p in problems:
             out.write(f"runtime check: {p}\n")
         out.write(f"guest up (boot id {res.boot_id}); from another terminal:\n"

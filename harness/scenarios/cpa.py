@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from harness import flush, kexec, runtime, stats
 from harness.build import Build
 from harness.cells import Cell
+from harness.console import Failure
 from harness.errors import HarnessError, InfraError, UserError
 from harness.guest import Guest, SshAccess
 from harness.known_issues import KnownIssue
@@ -93,21 +95,41 @@ class RuntimeMismatch(UserError):
     """What runs is not what the cell asked for."""
 
 
-def run(cell: Cell, ctx: CellContext) -> CellResult:
-    res = new_result(cell, ctx)
+def launch(cell: Cell, ctx: CellContext, res: CellResult,
+           is_fatal: Callable[[Failure, str | None], bool]) -> tuple[Guest, Timeouts]:
+    """The cell's guest, not started yet: its serial log, QEMU command and ssh access."""
     serial = ctx.cell_dir / "serial.log"
     res.serial_log = str(serial)
-    t = Timeouts.for_accel(ctx.accel.accel)
     access = SshAccess(free_port(), ctx.ssh_key) if ctx.ssh_key else None
     params = qemu_params(cell, ctx, access.port if access else None)
     res.cmdline = params.full_cmdline()
     res.qemu_command = show_command(params)
+    t = Timeouts.for_accel(ctx.accel.accel)
+    return Guest(Machine(params, serial, is_fatal=is_fatal), access, t.command), t
 
-    def is_fatal(f: Any, kernel: str | None) -> bool:
+
+def first_look(cell: Cell, ctx: CellContext, res: CellResult,
+               g: Guest) -> tuple[runtime.GuestView, stats.Snapshot]:
+    """Right after the ready marker: how to reach the guest, what it runs, and its
+    statistics before the first self-test pass (30 s after boot)."""
+    if g.access:
+        res.ssh = g.describe()
+        write_json(ctx.cell_dir / "guest.json", g.describe())
+    view = runtime.read_view(g.run, ctx.build.config_text())
+    res.guest = view.to_json()
+    boot = stats.collect(g.run, "boot", cell.arch)
+    res.stats = {"boot": boot.to_json()}
+    return view, boot
+
+
+def run(cell: Cell, ctx: CellContext) -> CellResult:
+    res = new_result(cell, ctx)
+
+    def is_fatal(f: Failure, kernel: str | None) -> bool:
         return match_known(ctx.known, f.kind, f.title, kernel, cell.arch) is None
 
-    m = Machine(params, serial, is_fatal=is_fatal)
-    g = Guest(m, access, t.command)
+    g, t = launch(cell, ctx, res, is_fatal)
+    m, access = g.m, g.access
     start = time.monotonic()
     res.deadline = cell.deadline or t.cell_budget(cell.periods, len(cell.kexec_trips()))
     m.cell_deadline = start + res.deadline
@@ -115,14 +137,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         m.start()
         res.boot_id = g.boot(t.boot, t.ssh)
         res.durations["boot_to_ready"] = time.monotonic() - start
-        if access:
-            res.ssh = g.describe()
-            write_json(ctx.cell_dir / "guest.json", g.describe())
-        view = runtime.read_view(g.run, ctx.build.config_text())
-        res.guest = view.to_json()
-        # Before the first pass (30 s after boot): the direct map as booted.
-        boot = stats.collect(g.run, "boot", cell.arch)
-        res.stats = {"boot": boot.to_json()}
+        view, boot = first_look(cell, ctx, res, g)
         _check_runtime(res, cell, view, boot, _boot(m))
         prof = _profiler(g, res)
         m.wait_until(lambda: bool(_passes(m)), t.first_pass, "CPA self-test verdict")
