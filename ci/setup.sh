@@ -10,7 +10,7 @@ HOST_PACKAGES=(make gcc binutils bc flex bison perl libelf-dev libssl-dev xz-uti
                cpio qemu-system-x86 linux-source-6.12 ca-certificates)
 # The tests also open the HTML report in a real browser: `ci/setup.sh --test`.
 if [[ "${1:-}" == "--test" ]]; then
-    HOST_PACKAGES+=(chromium)
+    HOST_PACKAGES+=(chromium fonts-liberation)
 fi
 # Guest userspace, for both guest arches (the harness downloads them itself;
 # these are only checked for availability).
