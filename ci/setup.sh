@@ -59,7 +59,7 @@ if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import harness, paramiko, pexpect, elftools, pytest, hypothesis" \
+if ! .venv/bin/python -c "import harness, paramiko, pexpect, elftools, qemu.qmp, pytest, hypothesis" \
         2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
     say "installing the harness and its Python dependencies into .venv"
     if ! { .venv/bin/pip install -q --upgrade pip &&

@@ -166,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     ssh = sub.add_parser("ssh", help="reach a guest of a run that is still up")
     ssh.add_argument("run", type=Path, metavar="RUN", help="the run's result directory")
     ssh.add_argument("--cell", metavar="NAME", help="which cell's guest (when several are up)")
-    ssh.add_argument("remote", nargs=argparse.REMAINDER, metavar="COMMAND",
-                     help="run this command instead of a shell")
+    # Not REMAINDER: it would swallow a --cell given after RUN. main() takes
+    # what follows '--' before argparse sees it.
+    ssh.add_argument("remote", nargs="*", metavar="COMMAND",
+                     help="run this command instead of a shell (after --)")
 
     build = sub.add_parser("build", help="configure and build one kernel (cached)")
     _add_source(build)
@@ -376,7 +378,15 @@ def _do_build(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
+    remote: list[str] = []
+    if argv[:1] == ["ssh"] and "--" in argv:
+        # Everything after '--' is the guest's command, whatever it looks like
+        # (argparse would take its options, or miss a --cell given after RUN).
+        cut = argv.index("--")
+        argv, remote = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    if remote:
+        args.remote = [*args.remote, *remote]
     try:
         if args.command == "run":
             if args.resume is not None:

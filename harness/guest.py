@@ -88,18 +88,24 @@ class Guest:
         try:
             with self.m.draining(on_stop=ssh.close):
                 return ssh.run(command, t)
-        except SshTimeout:
-            # The guest, or only ssh? The serial shell answers for the kernel.
-            self.close_ssh()
-            try:
-                self.m.run("true", t)
-            except GuestHang:
-                raise GuestHang(f"answer to '{command}' (ssh and serial shell)", t) from None
-            raise InfraError(f"ssh command '{command}' got no answer in {t:.0f}s, but the "
-                             "serial shell did", "dropbear may have died" + self._tail()) from None
         except SshError as e:
-            self.close_ssh()
-            raise InfraError(f"ssh to the guest failed: {e}", self._tail().lstrip("; ")) from None
+            raise self._ssh_failed(f"'{command}'", e, t) from None
+
+    def _ssh_failed(self, what: str, e: SshError, t: float) -> InfraError:
+        """ssh failed: the guest's fault, or only ssh's? The serial shell answers
+        for the kernel. A guest that answers neither hangs (GuestHang, raised
+        here); one whose serial shell answers had an ssh problem (returned, an
+        infrastructure error). Never retry a hung kernel as if the host failed."""
+        self.close_ssh()
+        try:
+            self.m.run("true", t)
+        except GuestHang:
+            raise GuestHang(f"answer to {what} (ssh: {e}; nor the serial shell)", t) from None
+        if isinstance(e, SshTimeout):
+            return InfraError(f"ssh command {what} got no answer in {t:.0f}s, but the serial "
+                              "shell did", "dropbear may have died" + self._tail())
+        return InfraError(f"ssh to the guest failed: {e} (the serial shell answers)",
+                          self._tail().lstrip("; "))
 
     def put(self, local: Path, remote: str, mode: int = 0o644, timeout: float = 300.0) -> None:
         if self.ssh is None:
@@ -109,9 +115,7 @@ class Guest:
             with self.m.draining(on_stop=ssh.close):
                 ssh.put(local, remote, mode, timeout)
         except SshError as e:
-            self.close_ssh()
-            raise InfraError(f"copying {local.name} into the guest failed: {e}",
-                             self._tail().lstrip("; ")) from None
+            raise self._ssh_failed(f"copying {local.name} in", e, timeout) from None
 
     def close_ssh(self) -> None:
         if self.ssh is not None:

@@ -3,7 +3,9 @@
 Every byte the guest prints goes, as it arrives, to the serial log and to the
 console parser, so a cell can fail the moment a failure's report is complete.
 Every wait has a deadline. QEMU runs with a parent-death signal, so it dies
-with the harness even when the harness is SIGKILLed.
+with the harness even when the harness is SIGKILLed. A QMP connection records
+QEMU's events, so when QEMU ends, QEMU itself says whether the guest reset or
+powered off or the host stopped it.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 import pexpect
 
+from harness import qmp
 from harness.console import ConsoleParser, Failure, FailureFound
 from harness.errors import InfraError
 from harness.proc import die_with_parent
@@ -29,6 +33,12 @@ READY_RE = re.compile(rb"CPA-HARNESS-READY boot_id=([0-9a-f-]{36})")
 KMSG_RE = re.compile(r"^\s*(<\d+>)?\[\s*\d+\.\d+\]")
 QUIET_FLUSH = 5.0   # seconds of silence after which a pending report counts as complete
 SLICE = 0.5
+# Markers are short lines: searching only the newest output keeps a guest that
+# prints without end from costing time quadratic in what it printed...
+SEARCH_WINDOW = 64 * 1024
+# ...and output nobody waits for is dropped from memory beyond this (it is in
+# the serial log); a command's output read over the serial console is smaller.
+KEEP = 1 << 20
 
 
 _LIVE: set[Machine] = set()
@@ -54,12 +64,13 @@ class GuestHang(Exception):
 
 
 class GuestExited(Exception):
-    """QEMU ended while the harness was waiting for something."""
+    """QEMU ended while the harness was waiting for something; `ending` says why."""
 
-    def __init__(self, what: str, status: int | None) -> None:
-        super().__init__(f"QEMU exited (status {status}) while waiting for {what}")
+    def __init__(self, what: str, status: int | None, ending: qmp.Ending) -> None:
+        super().__init__(f"{ending.text}, while waiting for {what}")
         self.what = what
         self.status = status
+        self.ending = ending
 
 
 class CellDeadline(InfraError):
@@ -105,23 +116,39 @@ class Machine:
         self.cell_deadline: float | None = None   # time.monotonic() by which all waits end
         self._log: IO[bytes] | None = None
         self._seq = itertools.count(1)
+        self.monitor: qmp.Monitor | None = None
+        self._qmp_dir: Path | None = None
 
     # --- lifecycle --------------------------------------------------------------
 
     def start(self) -> None:
+        self._qmp_dir = qmp.socket_dir()
+        self.params = replace(self.params, qmp_socket=self._qmp_dir / "qmp.sock")
         argv = qemu_argv(self.params)
         self.serial_log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.serial_log, "wb")
+        qmp_log = self.serial_log.with_name(self.serial_log.stem + ".qmp.jsonl")
+        qmp_log.unlink(missing_ok=True)
         try:
             self.child = pexpect.spawn(argv[0], argv[1:], timeout=None, echo=False,
                                        preexec_fn=die_with_parent,
                                        dimensions=(24, 500))
         except pexpect.ExceptionPexpect as e:
+            self.kill()
             raise InfraError(f"cannot start {argv[0]}: {e}") from None
         self.child.logfile_read = _Tee(self._log, self)
         with _LIVE_LOCK:
             _LIVE.add(self)
         self.started = self.last_output = time.monotonic()
+        self.monitor = qmp.Monitor(self.params.qmp_socket or Path(), qmp_log)
+        self.monitor.start(alive=self.alive)
+        if not self.monitor.wait_connected():
+            with contextlib.suppress(pexpect.ExceptionPexpect, OSError):
+                self.child.expect(pexpect.EOF, timeout=2)   # QEMU's own words, into the log
+            said = self.tail(1)
+            self.kill()
+            raise InfraError(f"QEMU did not start: {said[0] if said else self.monitor.error}",
+                             f"see {self.serial_log}")
 
     def alive(self) -> bool:
         return self.child is not None and self.child.isalive()
@@ -136,12 +163,27 @@ class Machine:
         if self._log:
             self._log.close()
             self._log = None
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self._qmp_dir is not None:
+            qmp.remove_socket_dir(self._qmp_dir)
+            self._qmp_dir = None
 
     def exit_status(self) -> int | None:
         if self.child is None or self.child.isalive():
             return None
         st = self.child.exitstatus
         return st if st is not None else (128 + (self.child.signalstatus or 0))
+
+    def ending(self) -> qmp.Ending:
+        """QEMU has exited: why, from its QMP events and its exit."""
+        events: list[dict[str, Any]] = []
+        monitored = False
+        if self.monitor is not None:
+            self.monitor.wait_closed()
+            events, monitored = self.monitor.snapshot(), self.monitor.connected.is_set()
+        signal = self.child.signalstatus if self.child is not None else None
+        return qmp.ending(events, self.exit_status(), signal, monitored)
 
     # --- the console stream -----------------------------------------------------
 
@@ -184,30 +226,45 @@ class Machine:
                                        "the host may be overloaded; see the serial log")
                 raise GuestHang(what, timeout)
             try:
-                self.child.expect(pattern, timeout=min(SLICE, left))
+                self.child.expect(pattern, timeout=min(SLICE, left),
+                                  searchwindowsize=SEARCH_WINDOW)
                 self._check_fatal()
                 m = self.child.match
                 assert isinstance(m, re.Match)
                 return m
             except pexpect.TIMEOUT:
+                self._trim()
                 if time.monotonic() - self.last_output > QUIET_FLUSH:
                     self._handle(self.parser.flush())
             except pexpect.EOF:
                 self._handle(self.parser.flush())
                 self.child.close()
                 self._check_fatal()
-                raise GuestExited(what, self.exit_status()) from None
+                raise GuestExited(what, self.exit_status(), self.ending()) from None
+
+    def _trim(self) -> None:
+        """Forget unmatched output beyond KEEP bytes (pexpect keeps it all until a
+        match, in `_before` as well as `buffer`)."""
+        c = self.child
+        assert c is not None
+        if c._before.tell() > KEEP:
+            tail = c._before.getvalue()[-KEEP:]
+            c._before = c.buffer_type()
+            c._before.write(tail)
+        if len(c.buffer) > KEEP:
+            c.buffer = c.buffer[-KEEP:]
 
     def watch(self, seconds: float) -> None:
         """Keep reading the console for `seconds`, failing fast on a kernel failure."""
         never = re.compile(rb"(?!x)x")
         try:
-            self.wait_for(never, seconds, "nothing")
+            self.wait_for(never, seconds, "console output")
         except GuestHang:
             pass
         # Nothing is searched for in what was read: do not let the buffer grow.
         if self.child is not None:
             self.child.buffer = b""
+            self.child._before = self.child.buffer_type()
 
     def run(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
         """Run a command in the serial shell; return its status and output.

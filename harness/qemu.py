@@ -69,7 +69,10 @@ def qemu_argv(p: QemuParams) -> list[str]:
         argv += ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{p.ssh_port}-:22",
                  "-device", "virtio-net-pci,netdev=net0"]
     if p.qmp_socket is not None:
-        argv += ["-qmp", f"unix:{p.qmp_socket},server=on,wait=off"]
+        # QEMU waits for the harness to connect (wait=on) and the guest for its
+        # `cont` (-S), sent once QMP is negotiated: events before negotiation
+        # are not sent, and a reset in the guest's first microseconds must be seen.
+        argv += ["-qmp", f"unix:{p.qmp_socket},server=on,wait=on", "-S"]
     argv += numa_argv(p.numa_nodes, p.memory_mb, p.smp)
     return argv + list(p.extra)
 

@@ -92,6 +92,7 @@ class CellResult:
     workload: dict[str, Any] = field(default_factory=dict)
     numa_nodes: int = 1
     retried_after: str = ""     # the infrastructure error of a first attempt
+    qemu_ended: dict[str, Any] = field(default_factory=dict)    # why QEMU ended early (QMP)
     deadline: float = 0.0       # the cell's backstop, seconds
     started: float = field(default_factory=time.time)
 

@@ -373,9 +373,10 @@ def _attempts(cell: Cell, ctx: cpa.CellContext, out: TextIO) -> CellResult:
     res = SCENARIOS[cell.scenario](cell, ctx)
     if res.verdict != Verdict.INFRA_ERROR:
         return res
-    first = ctx.cell_dir / "serial.log"
-    if first.exists():
-        first.replace(ctx.cell_dir / "serial.attempt-1.log")
+    for name in ("serial.log", "serial.qmp.jsonl"):
+        first = ctx.cell_dir / name
+        if first.exists():
+            first.replace(ctx.cell_dir / name.replace("serial.", "serial.attempt-1.", 1))
     say(out, f"[{cell.name}] infrastructure error, trying once more: {res.reason}")
     again = SCENARIOS[cell.scenario](cell, ctx)
     again.retried_after = res.reason

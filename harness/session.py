@@ -189,7 +189,7 @@ def ssh_into_run(run_dir: Path, cell: str | None, command: list[str], out: TextI
     ssh.connect(port=int(doc["port"]), key_path=Path(doc["key"]), host_key_line=doc["host_key"],
                 deadline=time.monotonic() + 30)
     with ssh:
-        words = [w for w in command if w != "--"]
+        words = command     # argparse took away the '--' before it
         if words:
             c = ssh.run(" ".join(shlex.quote(w) for w in words), 3600)
             out.write(c.stdout)

@@ -81,3 +81,16 @@ def test_out_dir_not_creatable(tmp_path: Path, capsys: pytest.CaptureFixture[str
     blocker.write_text("")
     code, err = run(["run", "--cell", "i386", "--out", str(blocker / "sub")], capsys)
     assert code == 2 and "cannot create --out" in err
+
+
+def test_ssh_takes_cell_after_the_run_and_a_command_after_dashes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import session
+    seen: list[tuple[Path, str | None, list[str]]] = []
+    monkeypatch.setattr(session, "ssh_into_run",
+                        lambda run, cell, command, out: seen.append((run, cell, command)) or 0)
+    assert main(["ssh", "RUN", "--cell", "x", "--", "sh", "-c", "a -- b"]) == 0
+    assert main(["ssh", "--cell", "y", "RUN"]) == 0
+    assert main(["ssh", "RUN", "--", "ls", "--cell"]) == 0
+    assert seen == [(Path("RUN"), "x", ["sh", "-c", "a -- b"]), (Path("RUN"), "y", []),
+                    (Path("RUN"), None, ["ls", "--cell"])]

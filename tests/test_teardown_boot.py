@@ -16,22 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import qemu_pids
 
 pytestmark = pytest.mark.boot
-
-
-def qemu_pids(marker: str) -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmd and b"qemu-system" in cmd:
-            pids.append(int(p.name))
-    return pids
 
 
 def start_boot(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -135,6 +135,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
     m.cell_deadline = start + res.deadline
     try:
         m.start()
+        res.qemu_command = show_command(m.params)     # with its QMP socket
         res.boot_id = g.boot(t.boot, t.ssh)
         res.durations["boot_to_ready"] = time.monotonic() - start
         view, boot = first_look(cell, ctx, res, g)
@@ -171,21 +172,21 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         res.verdict, res.reason = Verdict.FAIL, f"{e.failure.kind}: {e.failure.title}"
     except GuestHang as e:
         res.verdict, res.reason = Verdict.FAIL, f"hang: {e}"
-        res.failures.append(FailureRecord(kind="hang", title=f"hang: {e}", line=0,
+        res.failures.append(FailureRecord(kind="hang", title=str(e), line=0,
                                           boot=_boot_index(m), report=m.tail()))
     except KexecFailed as e:
         res.verdict, res.reason = Verdict.FAIL, f"kexec: {e}"
         res.failures.append(FailureRecord(kind="kexec", title=str(e), line=0,
                                           boot=_boot_index(m), report=m.tail()))
-    except (GuestExited, OSError) as e:
-        # QEMU went away (EOF, or EIO writing to its terminal): the analysis
-        # below tells a kernel that died from a QEMU that did.
-        res.verdict, res.reason = Verdict.FAIL, f"QEMU ended early: {e}"
-        if access and any(HOSTFWD_FAILED in line for line in m.tail()):
-            res.verdict = Verdict.INFRA_ERROR
-            res.reason = (f"QEMU could not forward 127.0.0.1:{access.port} to the guest's ssh "
-                          f"port (taken by another process?)")
-            res.serial_tail = m.tail()
+    except GuestExited as e:
+        _exited(res, m, e, access.port if access else None)
+    except OSError as e:
+        # EIO writing to QEMU's terminal: QEMU went away under the harness.
+        if m.alive():
+            raise
+        _exited(res, m, GuestExited(f"a write to the console ({e.strerror})",
+                                    m.exit_status(), m.ending()),
+                access.port if access else None)
     except HarnessError as e:
         res.verdict = Verdict.USER_ERROR if e.exit_code == 2 else Verdict.INFRA_ERROR
         res.reason = e.line()
@@ -198,6 +199,24 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
     _fill_from_analysis(res, doc, ctx.known)
     _judge(res, cell, doc)
     return res
+
+
+def _exited(res: CellResult, m: Machine, e: GuestExited, ssh_port: int | None) -> None:
+    """QEMU ended before the cell was done: the guest's doing (it reset or powered
+    off, QEMU says) is a kernel failure; anything else is the host's."""
+    res.qemu_ended = {"kind": e.ending.kind, "infra": e.ending.infra, "text": e.ending.text,
+                      "status": e.status}
+    res.serial_tail = m.tail()
+    if ssh_port is not None and any(HOSTFWD_FAILED in line for line in res.serial_tail):
+        res.verdict = Verdict.INFRA_ERROR
+        res.reason = (f"QEMU could not forward 127.0.0.1:{ssh_port} to the guest's ssh "
+                      f"port (taken by another process?)")
+    elif e.ending.infra:
+        res.verdict, res.reason = Verdict.INFRA_ERROR, str(e)
+    else:
+        res.verdict, res.reason = Verdict.FAIL, f"{e.ending.kind}: {e}"
+        res.failures.append(FailureRecord(kind=e.ending.kind, title=str(e),
+                                          line=0, boot=_boot_index(m), report=res.serial_tail))
 
 
 def _check_runtime(res: CellResult, cell: Cell, view: runtime.GuestView,
@@ -380,8 +399,9 @@ def _judge(res: CellResult, cell: Cell, doc: dict[str, Any]) -> None:
     if failed_passes:
         res.verdict, res.reason = Verdict.FAIL, "CPA self-test NOT PASSED"
         return
-    if res.verdict == Verdict.FAIL and not doc.get("boots"):
-        # QEMU ended before the kernel printed anything: not the kernel's fault.
+    if res.verdict == Verdict.FAIL and not doc.get("boots") and not res.failures:
+        # QEMU ended before the kernel printed anything, and not by the guest's
+        # doing (that is a failure record): not the kernel's fault.
         res.verdict = Verdict.INFRA_ERROR
         res.reason = f"{res.reason}; no kernel output (see {res.serial_log})"
         return

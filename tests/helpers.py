@@ -1,0 +1,44 @@
+"""Shared by the boot tests that act on a running guest from outside the harness."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def qemu_pids(marker: str) -> list[int]:
+    """QEMU processes whose command line holds `marker` (a word on the guest's)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmd and b"qemu-system" in cmd:
+            pids.append(int(p.name))
+    return pids
+
+
+def wait_for_file(path: Path, text: bytes = b"", within: float = 900.0) -> float:
+    """Wait until `path` exists (and holds `text`); the time.time() it did."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            if text in path.read_bytes():
+                return time.time()
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{path} never appeared{' with ' + repr(text) if text else ''}")
+
+
+def guest_command(run_dir: Path, cell: str, command: str) -> subprocess.Popen[bytes]:
+    """`cpa-harness ssh RUN --cell CELL -- sh -c COMMAND`, started and not waited for:
+    a command that resets or wedges the guest never answers."""
+    return subprocess.Popen([sys.executable, "-m", "harness", "ssh", str(run_dir), "--cell", cell,
+                             "--", "sh", "-c", command],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
