@@ -9,7 +9,6 @@ Two levels of cache:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -18,12 +17,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from harness import elf, kconfig
+from harness import elf, kconfig, paths
 from harness.arches import Arch
 from harness.errors import BuildError, InfraError, UserError
 from harness.proc import die_with_parent, kill_group
@@ -115,20 +113,46 @@ def _config_hash(config: Path) -> str:
     return _digest(*lines)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Two harness processes sharing a cache must not build in one directory at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
-def _artifact_record(paths: list[Path]) -> dict[str, list[int]]:
-    return {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in paths}
+def _artifact_record(files: list[Path]) -> dict[str, list[int | str]]:
+    """Size, mtime and content hash of each artifact: a build directory whose
+    kernel changed since (rebuilt by hand, truncated, corrupted) is not trusted."""
+    return {str(p): [p.stat().st_size, p.stat().st_mtime_ns, _file_sha256(p)] for p in files}
+
+
+# Present in a build directory while make runs in it. Found at the start of a
+# build, it means the last one was interrupted (the harness SIGKILLed, the host
+# rebooted): anything written since may be half-written, and make would trust
+# it for its newer mtime.
+BUILDING = ".cpa-harness-building"
+
+
+def _discard_interrupted(bdir: Path) -> int:
+    """Delete what an interrupted build wrote; the count of files deleted."""
+    marker = bdir / BUILDING
+    try:
+        since = marker.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+    gone = 0
+    for root, _, files in os.walk(bdir):
+        for name in files:
+            f = Path(root) / name
+            try:
+                if f.lstat().st_mtime_ns >= since and f != marker:
+                    f.unlink()
+                    gone += 1
+            except OSError:
+                pass
+    marker.unlink()
+    return gone
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -158,18 +182,32 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
     if req.reuse_dir:
         src_tag = "tree-" + _digest(str(req.source.path))[:16]
     scratch = cache / "kconfig" / f"{src_tag}-{req.arch.name}"
-    with _locked(scratch.with_suffix(".lock")):
+    with paths.locked(scratch.with_suffix(".lock")):
         final = _configure(req, merged, scratch)
     cfg_hash = _config_hash(final)
     bdir = cache / "builds" / f"{req.arch.name}-{src_tag}-{cfg_hash[:12]}"
-    with _locked(bdir.with_suffix(".lock")):
+    with paths.locked(bdir.with_suffix(".lock")):
         bdir.mkdir(parents=True, exist_ok=True)
+        gone = _discard_interrupted(bdir)
+        if gone:
+            print(f"build {req.arch.name}: the last build in {bdir} was interrupted; "
+                  f"{gone} files it wrote are deleted and made again", flush=True)
+        image, vmlinux = bdir / req.arch.image, bdir / "vmlinux"
+        if req_key:
+            _discard_changed(cache / "requests" / f"{req_key}.json", [image, vmlinux])
         config = bdir / ".config"
+        (bdir / BUILDING).touch()
         if not config.exists() or config.read_bytes() != final.read_bytes():
             shutil.copyfile(final, config)
         log = bdir / "build.log"
-        _make(req, bdir, ["olddefconfig", req.arch.image.rsplit("/", 1)[-1]], log)
-        image, vmlinux = bdir / req.arch.image, bdir / "vmlinux"
+        try:
+            _make(req, bdir, ["olddefconfig", req.arch.image.rsplit("/", 1)[-1]], log)
+        except BuildError:
+            # make ended by itself and deleted its half-made target
+            # (.DELETE_ON_ERROR): what it left is sound.
+            (bdir / BUILDING).unlink()
+            raise
+        (bdir / BUILDING).unlink()
         elf.check_vmlinux(vmlinux, req.arch,
                           list(CPA_SELFTEST_SYMBOLS) if req.wants_selftest() else [])
         if log_dir:
@@ -185,20 +223,47 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
         return result
 
 
-def _cached(record: Path, req: BuildRequest, elapsed: float) -> Build | None:
+def _recorded(record: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(record.read_text())
+        return data if isinstance(data, dict) and isinstance(data.get("artifacts"), dict) \
+            else None
+    except (OSError, ValueError):
+        return None
+
+
+def _cached(record: Path, req: BuildRequest, elapsed: float) -> Build | None:
+    data = _recorded(record)
+    try:
+        if data is None:
+            return None
         bdir = Path(data["dir"])
         arts = data["artifacts"]
-        paths = [Path(p) for p in arts]
         # A build directory that changed or lost a file since is rebuilt, not trusted.
-        if _artifact_record(paths) != arts:
+        if _artifact_record([Path(p) for p in arts]) != arts:
+            print(f"build {req.arch.name}: the cached kernel in {bdir} changed since it was "
+                  "built; building it again", flush=True)
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return Build(req.arch.name, bdir, bdir / req.arch.image, bdir / "vmlinux", bdir / ".config",
                  str(data["source_id"]), str(data["config_hash"]), True, elapsed,
                  bdir / "build.log")
+
+
+def _discard_changed(record: Path, artifacts: list[Path]) -> None:
+    """Delete artifacts that differ from the request's record: make judges by
+    mtime, so a truncated or corrupted bzImage newer than its inputs would stay."""
+    data = _recorded(record)
+    if data is None:
+        return
+    for art in artifacts:
+        was = data["artifacts"].get(str(art))
+        try:
+            if was is not None and _artifact_record([art])[str(art)] != was:
+                art.unlink()
+        except OSError:
+            pass
 
 
 def _configure(req: BuildRequest, merged: kconfig.Merged, scratch: Path) -> Path:

@@ -14,7 +14,6 @@ counts is whether the packages themselves can be had.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+from harness import paths
 from harness.errors import InfraError, UserError
 
 APT_TIMEOUT = 300.0      # one apt-get download, seconds
@@ -122,17 +122,12 @@ def _compare_versions(a: str, b: str) -> int:
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
     """Serialise harness processes that fill the same package directory."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            # Whoever made these died holding the lock we now hold: not in use.
-            for stale in directory.iterdir():
-                if stale.name.startswith((".download-", ".extract-")) and stale.is_dir():
-                    shutil.rmtree(stale, ignore_errors=True)
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with paths.locked(directory / ".lock"):
+        # Whoever made these died holding the lock we now hold: not in use.
+        for stale in directory.iterdir():
+            if stale.name.startswith((".download-", ".extract-")) and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+        yield
 
 
 # --- download ---------------------------------------------------------------

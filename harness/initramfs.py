@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from harness import debian
+from harness import debian, paths
 from harness import elf as elf_module
 from harness.arches import Arch
 from harness.elf import ELF_MAGIC, check_arch, elf_info_data, needed_closure
@@ -363,13 +363,26 @@ def build_initramfs(arch: Arch, cache: Path, *, authorized_key: str | None = Non
     names = debian.read_package_list(guest / "packages.txt", arch.debian_arch)
     debs = debian.download_packages(names, arch.debian_arch, cache)
     out = initramfs_path(arch, cache, _cache_key(arch, debs, guest, authorized_key, extra))
-    if out.is_file():
-        return out
-    roots = {name: debian.extract_package(deb, cache, arch.debian_arch)
-             for name, deb in debs.items()}
-    writer = assemble(arch, roots, guest, authorized_key=authorized_key, extra_files=extra)
-    writer.write(out)
+    digest = out.with_name(out.name + ".sha256")
+    with paths.locked(out.with_name(out.name + ".lock")):
+        if out.is_file() and digest.is_file():
+            if _sha256(out) == digest.read_text().strip():
+                return out
+            print(f"initramfs {out} changed since it was written (corrupted?); making it "
+                  "again", flush=True)
+        roots = {name: debian.extract_package(deb, cache, arch.debian_arch)
+                 for name, deb in debs.items()}
+        writer = assemble(arch, roots, guest, authorized_key=authorized_key, extra_files=extra)
+        writer.write(out)
+        # Written after the image: an image without its digest is a half-made one.
+        tmp = digest.with_name(f"{digest.name}.tmp{os.getpid()}")
+        tmp.write_text(_sha256(out) + "\n")
+        tmp.replace(digest)
     return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _add_authorized_key(w: CpioWriter, authorized_key: str) -> None:

@@ -93,9 +93,15 @@ class _Tee:
         self.machine = machine
 
     def write(self, data: bytes) -> None:
-        self.log.write(data)
-        self.log.flush()
         self.machine._feed(data)
+        try:
+            self.log.write(data)
+            self.log.flush()
+        except OSError as e:
+            # Without its log the cell's evidence is gone: end it, say why.
+            raise InfraError(f"cannot write the serial log {self.machine.serial_log}: "
+                             f"{e.strerror}", "free disk space; what was written before is "
+                             "intact") from None
 
     def flush(self) -> None:
         self.log.flush()
@@ -161,7 +167,8 @@ class Machine:
                 self.child.terminate(force=True)
             self.child.close(force=True)
         if self._log:
-            self._log.close()
+            with contextlib.suppress(OSError):     # a full disk: what it holds is kept
+                self._log.close()
             self._log = None
         if self.monitor is not None:
             self.monitor.stop()

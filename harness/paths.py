@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # The checkout this package lives in: kernel-configs/, guest/ and ci/ sit beside it.
@@ -28,3 +31,20 @@ def data_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "cpa-harness"
+
+
+@contextmanager
+def locked(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock` (made if missing).
+
+    Harness processes sharing one cache take it around every fill of a cache
+    entry. flock() locks die with their process, so a SIGKILLed holder never
+    leaves one behind.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -106,14 +106,16 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
             futures = [pool.submit(_run_one, cell, ctx, out, budget) for cell, ctx in runnable]
             for fut in as_completed(futures):
                 finish(fut.result())
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, HarnessError) as stop:
             # Cells not yet started stay "not-run"; running guests are killed so
-            # their threads end now, and what finished is written.
+            # their threads end now, and what finished is written (unless what
+            # stopped the run is that results cannot be written: a full disk).
             pool.shutdown(wait=False, cancel_futures=True)
             kill_all()
-            for fut in futures:
-                if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    finish(fut.result())
+            if isinstance(stop, KeyboardInterrupt):
+                for fut in futures:
+                    if fut.done() and not fut.cancelled() and fut.exception() is None:
+                        finish(fut.result())
             raise
         pool.shutdown()
     except KeyboardInterrupt:

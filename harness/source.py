@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import paths
 from harness.errors import InfraError, UserError
 
 DEBIAN_TARBALLS = "/usr/src"
@@ -34,7 +36,8 @@ class Source:
 def kernel_version(tree: Path) -> str:
     fields: dict[str, str] = {}
     try:
-        with open(tree / "Makefile") as f:
+        # errors="replace": a binary Makefile is "not a kernel tree", not a crash
+        with open(tree / "Makefile", errors="replace") as f:
             for line in f:
                 m = re.match(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)\s*=\s*(\S*)", line)
                 if m:
@@ -51,19 +54,35 @@ def kernel_version(tree: Path) -> str:
     return v + fields.get("EXTRAVERSION", "")
 
 
-def from_tree(path_arg: str) -> Source:
-    path = Path(path_arg).expanduser().resolve()
-    if not path.exists():
+def check_tree(path_arg: str) -> tuple[Path, str]:
+    """The tree's resolved path and kernel version, or a UserError saying why it is none.
+
+    Cheap (no git), so the CLI calls it before any work: a typo in --tree must
+    not leave a run directory behind.
+    """
+    try:
+        path = Path(path_arg).expanduser().resolve()
+        exists, is_dir = path.exists(), path.is_dir()
+        has_kconfig = (path / "arch" / "x86" / "Kconfig").exists()
+    except (OSError, RuntimeError) as e:    # a name too long, a symlink loop
+        raise UserError(f"kernel tree {path_arg[:200]}: {getattr(e, 'strerror', None) or e}",
+                        "give --tree a kernel source directory") from None
+    if not exists:
         raise UserError(f"kernel tree {path_arg} does not exist",
                         "give --tree a kernel source directory, or omit it for Debian's "
                         f"{DEBIAN_PACKAGE}")
-    if not path.is_dir():
+    if not is_dir:
         raise UserError(f"kernel tree {path_arg} is not a directory")
     version = kernel_version(path)
-    if not version or not (path / "arch" / "x86" / "Kconfig").exists():
+    if not version or not has_kconfig:
         raise UserError(f"{path_arg} is not a kernel source tree (no top-level Makefile "
                         "with VERSION, or no arch/x86/Kconfig)",
                         "point --tree at the top of a Linux source checkout")
+    return path, version
+
+
+def from_tree(path_arg: str) -> Source:
+    path, version = check_tree(path_arg)
     if (path / ".git").exists():
         return _git_source(path, version)
     return Source(path, f"dir:{path}", version, None)
@@ -111,7 +130,7 @@ def _sha256(path: Path, cache: Path) -> str:
             h.update(block)
     known[key] = h.hexdigest()
     memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_suffix(".tmp")
+    tmp = memo.with_name(f"{memo.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(known))
     tmp.replace(memo)
     return h.hexdigest()
@@ -122,9 +141,11 @@ def from_debian(cache: Path) -> Source:
     digest = _sha256(tarball, cache)
     dest = cache / "src" / digest[:16]
     stamp = dest / ".cpa-harness-unpacked"
-    if not stamp.exists():
-        _unpack(tarball, dest)
-        stamp.write_text(f"{tarball}\n{digest}\n")
+    # Another harness process sharing the cache may be unpacking it right now.
+    with paths.locked(dest.with_name(dest.name + ".lock")):
+        if not stamp.exists():
+            _unpack(tarball, dest)
+            stamp.write_text(f"{tarball}\n{digest}\n")
     trees = [p for p in dest.iterdir() if p.is_dir()]
     if len(trees) != 1:
         raise InfraError(f"unpacked {tarball} in {dest} holds {len(trees)} directories, not one",
