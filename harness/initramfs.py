@@ -411,10 +411,15 @@ def with_authorized_key(base: Path, authorized_key: str, out: Path) -> Path:
     data += b"\0" * (-len(data) % 512) + w.getvalue()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, out)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InfraError(f"cannot write the guest's initramfs {out}: {e.strerror}",
+                         "free disk space") from None
     return out
 
 

@@ -98,8 +98,13 @@ class Monitor:
         with self._lock:
             self.events.append(ev)
         if self.log is not None:
-            with open(self.log, "a") as f:
-                f.write(json.dumps(ev, sort_keys=True) + "\n")
+            try:
+                with open(self.log, "a") as f:
+                    f.write(json.dumps(ev, sort_keys=True) + "\n")
+            except OSError as e:
+                # A full disk: the events are still judged, from memory.
+                self.error = f"cannot write {self.log}: {e.strerror}"
+                self.log = None
 
     def wait_connected(self, timeout: float = CONNECT_DEADLINE + 1) -> bool:
         """True once connected; False when the thread gave up (see `error`)."""

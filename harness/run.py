@@ -81,6 +81,8 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
     meta = {"started": time.time(), "host": platform.node(), "tree": opts.tree or "debian",
             "cells_requested": [c.name for c in cells], "interrupted": False, **(meta or {})}
 
+    failed = False
+
     def finish(res: CellResult) -> None:
         results[res.name] = res
         write_cell(run_dir, res)
@@ -121,12 +123,20 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
     except KeyboardInterrupt:
         meta["interrupted"] = True
         raise
+    except BaseException:
+        failed = True
+        raise
     finally:
         if live:
             live.close()
         meta["finished"] = time.time()
-        write_summary(run_dir, list(results.values()), meta)
         _drop_keyed_images(run_dir)
+        try:
+            write_summary(run_dir, list(results.values()), meta)
+        except HarnessError:
+            if not failed and not meta["interrupted"]:
+                raise
+            # else: what stopped the run (a full disk, most likely) is the news
     return [results[n] for n in [*(r.name for r in keep or []), *(c.name for c in cells)]]
 
 
