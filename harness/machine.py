@@ -33,6 +33,8 @@ READY_RE = re.compile(rb"CPA-HARNESS-READY boot_id=([0-9a-f-]{36})")
 KMSG_RE = re.compile(r"^\s*(<\d+>)?\[\s*\d+\.\d+\]")
 QUIET_FLUSH = 5.0   # seconds of silence after which a pending report counts as complete
 SLICE = 0.5
+# QEMU's words when the ssh port forward cannot bind (net/slirp.c)
+HOSTFWD_FAILED = "Could not set up host forwarding rule"
 # Markers are short lines: searching only the newest output keeps a guest that
 # prints without end from costing time quadratic in what it printed...
 SEARCH_WINDOW = 64 * 1024
@@ -153,6 +155,10 @@ class Machine:
                 self.child.expect(pexpect.EOF, timeout=2)   # QEMU's own words, into the log
             said = self.tail(1)
             self.kill()
+            port = self.params.ssh_port
+            if port is not None and said and HOSTFWD_FAILED in said[0]:
+                raise InfraError(f"QEMU could not forward 127.0.0.1:{port} to the guest's ssh "
+                                 "port (taken by another process?)", f"see {self.serial_log}")
             raise InfraError(f"QEMU did not start: {said[0] if said else self.monitor.error}",
                              f"see {self.serial_log}")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from harness import qmp
 from harness.arches import get_arch
 from harness.qemu import QemuParams, qemu_argv
-from harness.ssh import generate_client_key, free_port
+from harness.ssh import free_port, generate_client_key
 
 HARNESS = Path(__file__).parent.parent / "harness"
 

@@ -30,8 +30,6 @@ from harness.results import CellResult, FailureRecord, Verdict, write_json
 from harness.ssh import free_port
 
 SELFTEST_PERIOD = 30.0
-# QEMU's words when the ssh port forward cannot bind (net/slirp.c)
-HOSTFWD_FAILED = "Could not set up host forwarding rule"
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         return match_known(ctx.known, f.kind, f.title, kernel, cell.arch) is None
 
     g, t = launch(cell, ctx, res, is_fatal)
-    m, access = g.m, g.access
+    m = g.m
     start = time.monotonic()
     res.deadline = cell.deadline or t.cell_budget(cell.periods, len(cell.kexec_trips()))
     m.cell_deadline = start + res.deadline
@@ -179,14 +177,13 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         res.failures.append(FailureRecord(kind="kexec", title=str(e), line=0,
                                           boot=_boot_index(m), report=m.tail()))
     except GuestExited as e:
-        _exited(res, m, e, access.port if access else None)
+        _exited(res, m, e)
     except OSError as e:
         # EIO writing to QEMU's terminal: QEMU went away under the harness.
         if m.alive():
             raise
         _exited(res, m, GuestExited(f"a write to the console ({e.strerror})",
-                                    m.exit_status(), m.ending()),
-                access.port if access else None)
+                                    m.exit_status(), m.ending()))
     except HarnessError as e:
         res.verdict = Verdict.USER_ERROR if e.exit_code == 2 else Verdict.INFRA_ERROR
         res.reason = e.line()
@@ -201,17 +198,13 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
     return res
 
 
-def _exited(res: CellResult, m: Machine, e: GuestExited, ssh_port: int | None) -> None:
+def _exited(res: CellResult, m: Machine, e: GuestExited) -> None:
     """QEMU ended before the cell was done: the guest's doing (it reset or powered
     off, QEMU says) is a kernel failure; anything else is the host's."""
     res.qemu_ended = {"kind": e.ending.kind, "infra": e.ending.infra, "text": e.ending.text,
                       "status": e.status}
     res.serial_tail = m.tail()
-    if ssh_port is not None and any(HOSTFWD_FAILED in line for line in res.serial_tail):
-        res.verdict = Verdict.INFRA_ERROR
-        res.reason = (f"QEMU could not forward 127.0.0.1:{ssh_port} to the guest's ssh "
-                      f"port (taken by another process?)")
-    elif e.ending.infra:
+    if e.ending.infra:
         res.verdict, res.reason = Verdict.INFRA_ERROR, str(e)
     else:
         res.verdict, res.reason = Verdict.FAIL, f"{e.ending.kind}: {e}"
