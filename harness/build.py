@@ -162,6 +162,16 @@ def _write_json(path: Path, data: object) -> None:
     tmp.replace(path)
 
 
+def request_record(req: BuildRequest, cache: Path) -> Path | None:
+    """Where a build of exactly this request is recorded (None: a tree without a
+    content key, e.g. a git tree with local changes, is never taken on trust)."""
+    if not req.source.cache_key:
+        return None
+    key = _digest(CACHE_VERSION, req.source.cache_key, req.arch.name, req.merged().text(),
+                  toolchain_id())
+    return cache / "requests" / f"{key}.json"
+
+
 def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
     missing = check_host_tools()
     if missing:
@@ -170,11 +180,9 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
                          "libssl-dev)")
     merged = req.merged()
     start = time.monotonic()
-    req_key = None
-    if req.source.cache_key:
-        req_key = _digest(CACHE_VERSION, req.source.cache_key, req.arch.name, merged.text(),
-                          toolchain_id())
-        hit = _cached(cache / "requests" / f"{req_key}.json", req, time.monotonic() - start)
+    record = request_record(req, cache)
+    if record:
+        hit = _cached(record, req, time.monotonic() - start)
         if hit:
             return hit
 
@@ -193,8 +201,8 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
             print(f"build {req.arch.name}: the last build in {bdir} was interrupted; "
                   f"{gone} files it wrote are deleted and made again", flush=True)
         image, vmlinux = bdir / req.arch.image, bdir / "vmlinux"
-        if req_key:
-            _discard_changed(cache / "requests" / f"{req_key}.json", [image, vmlinux])
+        if record:
+            _discard_changed(record, [image, vmlinux])
         config = bdir / ".config"
         (bdir / BUILDING).touch()
         if not config.exists() or config.read_bytes() != final.read_bytes():
@@ -215,8 +223,8 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
             shutil.copyfile(log, log_dir / f"build-{req.arch.name}.log")
         result = Build(req.arch.name, bdir, image, vmlinux, config, req.source.id, cfg_hash,
                        False, time.monotonic() - start, log)
-        if req_key:
-            _write_json(cache / "requests" / f"{req_key}.json", {
+        if record:
+            _write_json(record, {
                 "dir": str(bdir), "config_hash": cfg_hash, "source_id": req.source.id,
                 "artifacts": _artifact_record([image, vmlinux, config]),
             })
@@ -304,6 +312,7 @@ def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,
             assert proc.stdout is not None
             for line in proc.stdout:
                 logf.write(line)
+                logf.flush()    # someone may be following the log (tail -f)
                 if progress:
                     progress.line(line)
             rc = proc.wait()

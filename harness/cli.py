@@ -23,7 +23,7 @@ from types import FrameType
 from harness import __version__, kconfig, known_issues, paths, source
 from harness.arches import ARCHES, get_arch
 from harness.cells import ALL_CELLS, KERNEL_FRAGMENTS, SMOKE, Cell, Expect
-from harness.errors import BuildError, HarnessError, UserError
+from harness.errors import BuildError, HarnessError, InfraError, UserError
 from harness.kexec import METHODS, check_method
 from harness.results import (
     EXIT_INTERRUPTED,
@@ -214,6 +214,16 @@ def _shard(spec: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def _check_source(args: argparse.Namespace) -> None:
+    """--tree, --fragment, --set and --patch, read and checked before any work: a
+    mistake in one is one line, not a run directory, a source unpacked, or a
+    configure step that fails minutes later."""
+    if args.tree:
+        source.check_tree(args.tree)
+    kconfig.merge([kconfig.fragment_path(f) for f in args.fragment], args.set)
+    source.patch_files(args.patch)
+
+
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise UserError(f"{name} must be at least 1, not {value}")
@@ -263,9 +273,7 @@ def _do_run(args: argparse.Namespace, cells: list[Cell], keep: list[CellResult] 
     if args.kexec_rounds is not None:
         _positive("--kexec-rounds", args.kexec_rounds)
     known = [] if args.strict else known_issues.load(args.known_issues)
-    for f in args.fragment:
-        kconfig.fragment_path(f)   # an unknown fragment is a user error before any work
-    source.patch_files(args.patch)   # a missing patch is a user error before any work
+    _check_source(args)
     opts = RunOptions(tree=args.tree, patches=tuple(args.patch),
                       extra_fragments=tuple(args.fragment),
                       sets=tuple(args.set), accel=args.accel, jobs=args.jobs,
@@ -276,6 +284,8 @@ def _do_run(args: argparse.Namespace, cells: list[Cell], keep: list[CellResult] 
         run_dir = args.out
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:     # exist_ok covers directories only
+            raise UserError(f"--out {run_dir} is a file, not a directory") from None
         except OSError as e:
             raise UserError(f"cannot create --out {run_dir}: {e.strerror}") from None
     else:
@@ -366,6 +376,7 @@ def _publish(run_dir: Path, db: Path | None) -> None:
 def _do_build(args: argparse.Namespace) -> int:
     from harness import build
     arch = get_arch(args.arch)
+    _check_source(args)
     src = source.with_patches(source.resolve(args.tree, paths.cache_dir()),
                               source.patch_files(args.patch), paths.cache_dir())
     names = [*KERNEL_FRAGMENTS[arch.name], *args.fragment]
@@ -397,8 +408,12 @@ def main(argv: list[str]) -> int:
                 return 0
             return _do_run(args, cells)
         if args.command == "boot":
+            from harness.matrix import cmdline_problem
             _positive("--memory", args.memory)
             _positive("--smp", args.smp)
+            problem = cmdline_problem(args.cmdline)
+            if problem:
+                raise UserError(f"--cmdline {problem}")
             if args.kexec_target and not args.kexec:
                 raise UserError("--kexec-target needs --kexec METHOD",
                                 f"methods: {', '.join(METHODS)}")
@@ -452,6 +467,13 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("cpa-harness: interrupted; finished cells are kept\n")
         return EXIT_INTERRUPTED
+    except OSError as e:
+        # The host failed an I/O the code did not expect to fail (a full disk,
+        # EIO): still one line, and an infrastructure error.
+        where = f" ({e.filename})" if e.filename else ""
+        sys.stderr.write(f"cpa-harness: error: {e.strerror or e}{where}: free disk space or "
+                         "check the filesystem; results written before are intact\n")
+        return InfraError.exit_code
     raise AssertionError(args.command)
 
 

@@ -41,7 +41,7 @@ from typing import Any
 from harness import flush, paths
 from harness.errors import InfraError, UserError
 from harness.results import Verdict
-from harness.rundir import read_json
+from harness.rundir import read_json, read_run
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0   # a writer holds the lock for milliseconds; a minute is generous
@@ -114,13 +114,36 @@ def _db_error(db: Path, e: sqlite3.Error) -> UserError | InfraError:
                       "another process may hold it locked, or the disk is full")
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _refuse_foreign_file(db: Path) -> None:
+    """SQLite takes a file shorter than a page (a one-line note, say) for an empty
+    database and writes its schema over it: a file that is not one is left alone."""
+    try:
+        with open(db, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except (FileNotFoundError, IsADirectoryError):
+        return      # a new store, or a directory: sqlite's own error says it
+    except OSError as e:
+        raise UserError(f"cannot open the history store {db} ({e.strerror})",
+                        "check the path and its permissions") from None
+    if head and head != SQLITE_HEADER:
+        raise UserError(f"{db} is not a usable history store (not a database: no SQLite "
+                        "header)", "move it away or pass another database path")
+
+
 @contextlib.contextmanager
 def _open(db: Path) -> Iterator[sqlite3.Connection]:
     """A connection with the schema in place; sqlite errors become harness errors."""
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:     # exist_ok covers directories only
+        raise UserError(f"cannot create the history store {db}: {db.parent} is a file") \
+            from None
     except OSError as e:
         raise UserError(f"cannot create {db.parent}: {e.strerror}") from None
+    _refuse_foreign_file(db)
     conn: sqlite3.Connection | None = None
     try:
         # isolation_level=None: no implicit transactions; each write says BEGIN IMMEDIATE.
@@ -191,6 +214,11 @@ def _obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _text(value: object) -> str | None:
+    """A text column's value: what is not a string (a damaged file) is stored as NULL."""
+    return value if isinstance(value, str) else None
+
+
 def _num(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -237,10 +265,10 @@ def _cell_row(run_id: str, entry: dict[str, Any], doc: dict[str, Any]) -> dict[s
         "name": doc.get("name") or entry.get("name"),
         "arch": doc.get("arch") or entry.get("arch"),
         "verdict": doc.get("verdict") or entry.get("verdict") or Verdict.NOT_RUN.value,
-        "reason": doc.get("reason", entry.get("reason", "")),
-        "scenario": doc.get("scenario"),
-        "accel": doc.get("accel"),
-        "cpu": doc.get("cpu"),
+        "reason": _text(doc.get("reason", entry.get("reason", ""))),
+        "scenario": _text(doc.get("scenario")),
+        "accel": _text(doc.get("accel")),
+        "cpu": _text(doc.get("cpu")),
         "boot_to_ready": _num(durations.get("boot_to_ready")),
         "to_verdict": _num(durations.get("to_verdict")),
         "durations": json.dumps(durations),
@@ -255,10 +283,10 @@ def _cell_row(run_id: str, entry: dict[str, Any], doc: dict[str, Any]) -> dict[s
 
 
 def _cell_rows(run_dir: Path, run_id: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
-    entries = [e for e in summary.get("cells") or [] if isinstance(e, dict) and e.get("name")]
     rows = []
-    for entry in entries:
-        path = run_dir / str(entry.get("result") or f"cells/{entry['name']}/result.json")
+    for entry in summary["cells"]:     # read_run checked each entry and its result
+        # cells/NAME/result.json as read_run reads it: a summary never chooses the path
+        path = run_dir / "cells" / entry["name"] / "result.json"
         # A cell listed without its result (an interrupted run) keeps the summary's verdict.
         doc = _read_json(path) if path.exists() else {}
         rows.append(_cell_row(run_id, entry, doc))
@@ -266,12 +294,14 @@ def _cell_rows(run_dir: Path, run_id: str, summary: dict[str, Any]) -> list[dict
 
 
 def _run_row(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    host = summary.get("host")
     return {
         "id": run_dir.name,
         "run_dir": str(run_dir),
         "started": _num(summary.get("started")),
         "finished": _num(summary.get("finished")),
-        "host": summary.get("host"),
+        # a merged run ran on several hosts: one column holds them all
+        "host": ", ".join(host) if isinstance(host, list) else host,
         "tree": summary.get("tree"),
         "source_id": summary.get("source_id"),
         "kernel_version": summary.get("kernel_version"),
@@ -300,7 +330,9 @@ def record_run(db: Path, run_dir: Path) -> str:
     if not summary_path.is_file():
         raise UserError(f"{run_dir} is not a finished run directory (no summary.json)",
                         "runs are under ~/.local/share/cpa-harness/runs/ unless --out said")
-    summary = _read_json(summary_path)
+    # The checks report, merge and resume apply: a damaged run is a UserError
+    # naming its file, never an SQL error or a half-right record.
+    summary, _ = read_run(run_dir)
     run = _run_row(run_dir, summary)
     cells = _cell_rows(run_dir, run["id"], summary)   # read everything before locking
     with _open(db) as conn:
@@ -484,6 +516,9 @@ def resolve_run(db: Path, ref: str | Path) -> str:
         with _open(db) as conn:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (str(ref),)).fetchone():
                 return str(ref)
+    if Path(ref).is_dir():
+        raise UserError(f"{ref} is not a finished run directory (no summary.json)",
+                        "give a run directory, or a run id from `cpa-harness history`")
     raise UserError(f"no run {ref} in {db}, and no run directory by that name",
                     "`cpa-harness history` lists the recorded runs")
 

@@ -19,6 +19,10 @@ from harness.paths import CONFIGS_DIR
 
 SET_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 UNSET_RE = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
+# What kconfig accepts as a value: a tristate, a number (decimal or hex) or a
+# quoted string. Anything else it drops with a warning, which would surface
+# only after a configure step as a "did not survive" error.
+VALUE_RE = re.compile(r'[ymn]|-?[0-9]+|(?:0[xX])?[0-9A-Fa-f]+|"(?:[^"\\]|\\.)*"')
 NOT_SET = "n"
 
 
@@ -34,20 +38,29 @@ class Option:
         return f"{self.name}={self.value}"
 
 
+def _shown(text: str) -> str:
+    """A user's text quoted for an error line: escaped, and cut if long."""
+    return repr(text) if len(text) <= 60 else repr(text[:60]) + "..."
+
+
 def parse_line(text: str, origin: str, lineno: int = 0) -> Option | None:
     text = text.strip()
     if not text:
         return None
+    where = f"{origin}:{lineno}" if lineno else origin
     m = SET_RE.match(text)
     if m:
+        if not VALUE_RE.fullmatch(m.group(2)):
+            raise UserError(f"{where}: {m.group(1)} has a value kconfig does not take: "
+                            f"{_shown(m.group(2))}",
+                            'write y, m, n, a number or a "quoted string"')
         return Option(m.group(1), m.group(2), origin)
     m = UNSET_RE.match(text)
     if m:
         return Option(m.group(1), NOT_SET, origin)
     if text.startswith("#"):
         return None
-    where = f"{origin}:{lineno}" if lineno else origin
-    raise UserError(f"{where}: not a Kconfig line: {text!r}",
+    raise UserError(f"{where}: not a Kconfig line: {_shown(text)}",
                     "write CONFIG_NAME=value or '# CONFIG_NAME is not set'")
 
 
@@ -57,8 +70,14 @@ def parse_fragment(path: Path) -> list[Option]:
     except FileNotFoundError:
         raise UserError(f"config fragment {path} does not exist",
                         f"name one of {', '.join(shipped_fragments())} or a file path") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read config fragment {path}: {e}") from None
+    except IsADirectoryError:
+        raise UserError(f"config fragment {path} is a directory",
+                        "give a fragment file of CONFIG_NAME=value lines") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config fragment {path} is not text (not UTF-8)",
+                        "give a fragment file of CONFIG_NAME=value lines") from None
+    except OSError as e:
+        raise UserError(f"cannot read config fragment {path}: {e.strerror or e}") from None
     opts = []
     for n, line in enumerate(text.splitlines(), 1):
         opt = parse_line(line, path.name, n)
@@ -108,18 +127,21 @@ def merge(fragments: Iterable[Path], sets: Iterable[str] = ()) -> Merged:
         s = s if s.startswith(("CONFIG_", "#")) else f"CONFIG_{s}"
         one = parse_line(s, "--set")
         if one is None:
-            raise UserError(f"--set {s!r} is not an option",
+            raise UserError(f"--set {_shown(s)} is not an option",
                             "write --set CONFIG_NAME=value")
         merged.add(one)
     return merged
 
 
 def read_config(path: Path) -> dict[str, str]:
+    """A .config kconfig wrote: read as it is, not checked like a user's fragment."""
     values: dict[str, str] = {}
     for line in path.read_text().splitlines():
-        opt = parse_line(line, path.name) if line.startswith(("CONFIG_", "# CONFIG_")) else None
-        if opt:
-            values[opt.name] = opt.value
+        m = SET_RE.match(line)
+        if m:
+            values[m.group(1)] = m.group(2)
+        elif m := UNSET_RE.match(line):
+            values[m.group(1)] = NOT_SET
     return values
 
 

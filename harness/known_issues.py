@@ -49,11 +49,32 @@ def load(path: Path) -> list[KnownIssue]:
     except FileNotFoundError:
         raise UserError(f"known-issues file {path} does not exist",
                         "give an existing file, or --strict to use none") from None
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UserError(f"cannot read known-issues file {path}: {e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"known-issues file {path} is not text (not UTF-8)",
+                        "give a TOML file of [[issue]] tables, or --strict") from None
+    except OSError as e:
+        raise UserError(f"cannot read known-issues file {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"cannot read known-issues file {path}: not valid TOML ({e})") from None
+    except RecursionError:      # tomllib recurses once per level of '[[[[...'
+        raise UserError(f"known-issues file {path} is nested too deeply") from None
+    entries = data.get("issue", [])
+    if not isinstance(entries, list):
+        raise UserError(f"{path}: 'issue' must be a list of [[issue]] tables")
     issues = []
-    for n, entry in enumerate(data.get("issue", []), 1):
+    for n, entry in enumerate(entries, 1):
         where = f"{path}: issue #{n}"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where} is not a table", "write each one as [[issue]]")
+        arches = entry.get("arches", [])
+        if not isinstance(arches, list) or not all(isinstance(a, str) for a in arches):
+            # a bare string would be taken letter by letter and match no arch
+            raise UserError(f"{where}: arches must be a list of strings, e.g. [\"x86_64\"]")
+        for key in ("min_kernel", "max_kernel"):
+            if key in entry and version_tuple(str(entry[key])) is None:
+                # unreadable, it would bound nothing: the issue would match every kernel
+                raise UserError(f"{where}: {key} must be a version like \"6.12\", "
+                                f"not {str(entry[key])[:40]!r}")
         try:
             kind, title = str(entry["kind"]), str(entry["title"])
             issues.append(KnownIssue(
@@ -63,7 +84,7 @@ def load(path: Path) -> list[KnownIssue]:
                 else None,
                 max_kernel=version_tuple(str(entry["max_kernel"])) if "max_kernel" in entry
                 else None,
-                arches=tuple(entry.get("arches", ())),
+                arches=tuple(arches),
                 reason=" ".join(str(entry.get("reason", "")).split()),
                 evidence=str(entry.get("evidence", "")),
             ))

@@ -35,9 +35,17 @@ from harness import kconfig
 from harness.arches import ARCHES, get_arch
 from harness.cells import KERNEL_FRAGMENTS, Cell, Expect
 from harness.errors import UserError
-from harness.kexec import METHODS, check_method
+from harness.kexec import METHODS, NONCE_PARAM, check_method
+from harness.qemu import BASE_CMDLINE
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A cell's name is a directory name in every run: 128 characters are plenty.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# x86's COMMAND_LINE_SIZE is 2048 bytes with the NUL; the harness puts its own
+# words around the cell's (BASE_CMDLINE, and a kexec nonce of 16 hex digits).
+# A longer line is cut silently by the kernel, and the cell would then fail on
+# a /proc/cmdline mismatch after a build and a boot.
+CMDLINE_MAX = 2047 - len(BASE_CMDLINE) - len(f" {NONCE_PARAM}=0123456789abcdef") - 1
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 SCENARIOS = ("cpa", "selfcheck")
 TOP_KEYS = {"description", "defaults", "cell"}
 # key -> (type, check or None); bool is not an int here
@@ -47,6 +55,32 @@ CELL_KEYS: dict[str, type] = {
     "workload": str, "fragments": list, "expect": dict, "deadline": int,
 }
 EXPECT_KEYS = ("gbpages", "debug_pagealloc", "direct_map_all_4k")
+
+
+def cmdline_problem(cmdline: str) -> str | None:
+    """Why `cmdline` cannot be a cell's kernel command line; None when it can.
+
+    Quotes, semicolons, `$(...)` are fine: the line reaches QEMU as one argv
+    word, never through a shell. What the kernel would read differently from
+    what the harness checks in /proc/cmdline afterwards is refused here.
+    """
+    bad = CONTROL_RE.search(cmdline)
+    if bad:
+        return (f"has a control character {bad.group()!r}: a kernel command line is one "
+                "line of text")
+    if cmdline.count('"') % 2:
+        return ('has an unbalanced double quote: the kernel would read the rest of the '
+                'line as one value')
+    if len(cmdline.encode()) > CMDLINE_MAX:
+        return (f"is {len(cmdline.encode())} bytes; with the harness's own words the kernel "
+                f"takes {CMDLINE_MAX} at most")
+    return None
+
+
+def _shown(value: object) -> str:
+    """A value quoted for an error line: a 20 MB string must not become a 20 MB line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 @dataclass(frozen=True)
@@ -65,7 +99,7 @@ class _Where:
     def fail(self, cell: str | None, key: str | None, problem: str, hint: str = "") -> UserError:
         where = str(self.path)
         if cell is not None:
-            where += f": cell {cell!r}"
+            where += f": cell {_shown(cell)}"
         if key is not None:
             where += f": key {key!r}"
         return UserError(f"{where}: {problem}", hint)
@@ -75,12 +109,17 @@ def load(path: Path) -> Matrix:
     where = _Where(path)
     try:
         text = path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"matrix {path} is not text (not UTF-8)",
+                        "give a TOML file of [[cell]] tables") from None
     except OSError as e:
-        raise UserError(f"cannot read matrix {path}: {e.strerror}", "check the path") from None
+        raise UserError(f"cannot read matrix {path}: {e.strerror or e}", "check the path") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise where.fail(None, None, f"not valid TOML ({e})") from None
+    except RecursionError:      # tomllib recurses once per level of '[[[[...'
+        raise where.fail(None, None, "not a matrix: TOML nested too deeply") from None
     unknown = sorted(set(doc) - TOP_KEYS)
     if unknown:
         raise where.fail(None, unknown[0], "unknown top-level key",
@@ -103,7 +142,8 @@ def load(path: Path) -> Matrix:
         if not isinstance(name, str):
             raise where.fail(label, "name", "missing")
         if not NAME_RE.match(name):
-            raise where.fail(name, "name", "use letters, digits, '.', '_' and '-'")
+            raise where.fail(name, "name", "use letters, digits, '.', '_' and '-' "
+                                           "(128 at most)")
         if name in seen:
             raise where.fail(name, "name", "a second cell has this name")
         seen.add(name)
@@ -122,7 +162,7 @@ def _check_keys(where: _Where, label: str, raw: dict[str, Any], allow_name: bool
         want = CELL_KEYS[key]
         if isinstance(value, bool) or not isinstance(value, want):
             raise where.fail(label, key, f"must be {'an' if want is int else 'a'} "
-                                         f"{_type_name(want)}, not {value!r}")
+                                         f"{_type_name(want)}, not {_shown(value)}")
 
 
 def _type_name(t: type) -> str:
@@ -142,27 +182,32 @@ def _cell(where: _Where, name: str, raw: dict[str, Any]) -> Cell:
     if arch_name is None:
         raise where.fail(name, "arch", "missing", f"one of {', '.join(ARCHES)}")
     if arch_name not in ARCHES:
-        raise where.fail(name, "arch", f"unknown arch {arch_name!r}",
+        raise where.fail(name, "arch", f"unknown arch {_shown(arch_name)}",
                          f"one of {', '.join(ARCHES)}")
     arch = get_arch(arch_name)
     scenario = raw.get("scenario", "cpa")
     if scenario not in SCENARIOS:
-        raise where.fail(name, "scenario", f"unknown scenario {scenario!r}",
+        raise where.fail(name, "scenario", f"unknown scenario {_shown(scenario)}",
                          f"one of {', '.join(SCENARIOS)}")
+    cmdline = raw.get("cmdline", "")
+    problem = cmdline_problem(cmdline)
+    if problem:
+        raise where.fail(name, "cmdline", problem)
     fragments = list(KERNEL_FRAGMENTS[arch_name])
     for f in raw.get("fragments", []):
         if not isinstance(f, str):
-            raise where.fail(name, "fragments", f"entries must be strings, not {f!r}")
+            raise where.fail(name, "fragments", f"entries must be strings, not {_shown(f)}")
         try:
-            kconfig.fragment_path(f)
+            # read now: a bad line in a user's fragment is found before any build
+            kconfig.parse_fragment(kconfig.fragment_path(f))
         except UserError as e:
             raise where.fail(name, "fragments", e.message, e.hint) from None
         if f not in fragments:
             fragments.append(f)
     kexec = raw.get("kexec", [])
     for method in kexec:
-        if method not in METHODS:
-            raise where.fail(name, "kexec", f"unknown method {method!r}",
+        if not isinstance(method, str) or method not in METHODS:
+            raise where.fail(name, "kexec", f"unknown method {_shown(method)}",
                              f"one of {', '.join(METHODS)}")
         try:
             check_method(method, arch)
@@ -174,7 +219,7 @@ def _cell(where: _Where, name: str, raw: dict[str, Any]) -> Cell:
             raise where.fail(name, f"expect.{key}", "unknown key",
                              f"expect keys: {', '.join(EXPECT_KEYS)}")
         if not isinstance(value, bool):
-            raise where.fail(name, f"expect.{key}", f"must be true or false, not {value!r}")
+            raise where.fail(name, f"expect.{key}", f"must be true or false, not {_shown(value)}")
     if expect_raw.get("gbpages") and arch.elf_class == 32:
         raise where.fail(name, "expect.gbpages", "GB pages exist on x86_64 only")
     smp = _positive(where, name, raw, "smp", 2)
@@ -185,7 +230,7 @@ def _cell(where: _Where, name: str, raw: dict[str, Any]) -> Cell:
     if scenario == "selfcheck" and kexec:
         raise where.fail(name, "kexec", "the selfcheck scenario does no kexec")
     return Cell(
-        name=name, arch=arch_name, fragments=tuple(fragments), cmdline=raw.get("cmdline", ""),
+        name=name, arch=arch_name, fragments=tuple(fragments), cmdline=cmdline,
         cpu=raw.get("cpu"), memory_mb=_positive(where, name, raw, "memory", 2048, low=64),
         smp=smp, numa_nodes=numa, scenario=scenario,
         periods=_positive(where, name, raw, "periods", 1, low=0),

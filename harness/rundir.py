@@ -16,8 +16,8 @@ from typing import Any
 from harness.errors import UserError
 from harness.results import CellResult, FailureRecord, Verdict
 
-# What run.py names cell directories by: the matrix's cell names.
-CELL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# What run.py names cell directories by: the matrix's cell names (matrix.NAME_RE).
+CELL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def read_json(path: Path) -> Any:
@@ -32,6 +32,8 @@ def read_json(path: Path) -> Any:
         raise UserError(f"cannot read {path}: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    except RecursionError:      # '[[[[...' a hundred thousand deep
+        raise UserError(f"{path} is not a cpa-harness file: JSON nested too deeply") from None
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
@@ -42,7 +44,31 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise UserError(f"{path} is not a cpa-harness run summary (no 'cells' list)")
+    _check_summary_shapes(data, path)
     return data
+
+
+def _is_strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _check_summary_shapes(data: dict[str, Any], path: Path) -> None:
+    """The fields merge, resume and history compute with, so a damaged summary
+    is a UserError here rather than a crash (or an SQL error) there."""
+    for key in ("source_id", "tree", "kernel_version", "matrix", "matrix_sha256"):
+        if not isinstance(data.get(key, ""), str | None):
+            raise UserError(f"{path} is not a run summary: {key} is not a string")
+    for key in ("started", "finished"):
+        value = data.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{path} is not a run summary: {key} is not a time")
+    if not isinstance(data.get("exit_code", 0), int | None):
+        raise UserError(f"{path} is not a run summary: exit_code is not a number")
+    if not _is_strings(data.get("cells_requested", [])):
+        raise UserError(f"{path} is not a run summary: cells_requested is not a list of names")
+    host = data.get("host")
+    if not isinstance(host, str | None) and not _is_strings(host):  # a merge has several
+        raise UserError(f"{path} is not a run summary: host is not a name or a list of names")
 
 
 def cell_from_json(data: Any, path: Path) -> CellResult:

@@ -185,7 +185,13 @@ def patch_files(args: list[str]) -> list[Path]:
         if p.is_dir():
             series = p / "series"
             if series.exists():
-                names = [ln.split("#")[0].strip() for ln in series.read_text().splitlines()]
+                try:
+                    lines = series.read_text().splitlines()
+                except (OSError, UnicodeDecodeError) as e:
+                    why = getattr(e, "strerror", None) or "not text (not UTF-8)"
+                    raise UserError(f"cannot read the patch series {series}: {why}",
+                                    "one patch file name a line") from None
+                names = [ln.split("#")[0].strip() for ln in lines]
                 files += [p / n for n in names if n]
             else:
                 files += sorted([*p.glob("*.patch"), *p.glob("*.diff")])
