@@ -106,10 +106,10 @@ def _digest(*parts: str) -> str:
     return h.hexdigest()
 
 
-def _config_hash(config: Path) -> str:
+def _config_hash(config: bytes) -> str:
     # The header comment carries nothing the build depends on beyond CONFIG_ lines.
-    lines = [ln for ln in config.read_text().splitlines() if ln and not ln.startswith("# ")
-             or ln.startswith("# CONFIG_")]
+    lines = [ln for ln in config.decode(errors="replace").splitlines()
+             if ln and not ln.startswith("# ") or ln.startswith("# CONFIG_")]
     return _digest(*lines)
 
 
@@ -191,7 +191,8 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
         src_tag = "tree-" + _digest(str(req.source.path))[:16]
     scratch = cache / "kconfig" / f"{src_tag}-{req.arch.name}"
     with paths.locked(scratch.with_suffix(".lock")):
-        final = _configure(req, merged, scratch)
+        # Read under the lock: another process may configure here right after.
+        final = _configure(req, merged, scratch).read_bytes()
     cfg_hash = _config_hash(final)
     bdir = cache / "builds" / f"{req.arch.name}-{src_tag}-{cfg_hash[:12]}"
     with paths.locked(bdir.with_suffix(".lock")):
@@ -205,8 +206,8 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
             _discard_changed(record, [image, vmlinux])
         config = bdir / ".config"
         (bdir / BUILDING).touch()
-        if not config.exists() or config.read_bytes() != final.read_bytes():
-            shutil.copyfile(final, config)
+        if not config.exists() or config.read_bytes() != final:
+            config.write_bytes(final)
         log = bdir / "build.log"
         try:
             _make(req, bdir, ["olddefconfig", req.arch.image.rsplit("/", 1)[-1]], log)
@@ -322,6 +323,11 @@ def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,
         finally:
             if progress:
                 progress.done()
+    if rc < 0:
+        # Killed (the OOM killer?): make could not delete its half-made target,
+        # and the kernel is not to blame. The building marker stays.
+        raise InfraError(f"make was killed by signal {-rc} while building "
+                         f"{req.arch.name}; log: {log}", "see the host's kernel log (OOM?)")
     if rc != 0:
         _raise_build_failure(req, log, targets)
 

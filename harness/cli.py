@@ -11,6 +11,7 @@ failure in any cell outranks the other codes.
 from __future__ import annotations
 
 import argparse
+import errno
 import fnmatch
 import hashlib
 import re
@@ -471,8 +472,10 @@ def main(argv: list[str]) -> int:
         # The host failed an I/O the code did not expect to fail (a full disk,
         # EIO): still one line, and an infrastructure error.
         where = f" ({e.filename})" if e.filename else ""
-        sys.stderr.write(f"cpa-harness: error: {e.strerror or e}{where}: free disk space or "
-                         "check the filesystem; results written before are intact\n")
+        hint = "free disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else \
+            "check the path and the filesystem"
+        sys.stderr.write(f"cpa-harness: error: {e.strerror or e}{where}: {hint}; results "
+                         "written before are intact\n")
         return InfraError.exit_code
     raise AssertionError(args.command)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from harness.errors import InfraError
 from harness.machine import READY_RE, GuestHang, Machine
-from harness.ssh import Completed, GuestSsh, SshError, SshTimeout, host_key_lines
+from harness.ssh import Completed, GuestSsh, SshError, SshNoAnswer, SshTimeout, host_key_lines
 
 Runner = Callable[[str], tuple[int, str]]
 
@@ -62,9 +62,19 @@ class Guest:
         ssh = GuestSsh()
         start = time.monotonic()
         try:
-            with self.m.draining(on_stop=ssh.close):
+            with self.m.draining(on_stop=ssh.abort):
                 ssh.connect(port=self.access.port, key_path=self.access.key,
                             host_key_line=self.host_key, deadline=time.monotonic() + deadline)
+        except SshNoAnswer as e:
+            # dropbear, or the whole guest? The serial shell answers for the kernel.
+            ssh.close()
+            try:
+                self.m.run("true", self.timeout)
+            except GuestHang:
+                raise GuestHang(f"ssh connection ({e.message}), nor an answer from the "
+                                "serial shell", self.timeout) from None
+            raise InfraError(f"{e.message} (the serial shell answers)",
+                             e.hint + self._tail()) from None
         except InfraError as e:
             ssh.close()
             raise InfraError(e.message, e.hint + self._tail()) from None

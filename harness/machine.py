@@ -24,7 +24,7 @@ import pexpect
 
 from harness import qmp
 from harness.console import ConsoleParser, Failure, FailureFound
-from harness.errors import InfraError
+from harness.errors import HarnessError, InfraError
 from harness.proc import die_with_parent
 from harness.qemu import QemuParams, qemu_argv
 
@@ -47,13 +47,29 @@ _LIVE: set[Machine] = set()
 _LIVE_LOCK = threading.Lock()
 
 
+# Set when the run is being torn down: no guest may start after it (a cell's
+# thread would otherwise take its killed QEMU for an infrastructure error and
+# start another).
+stopping = threading.Event()
+
+
 def kill_all() -> None:
-    """Kill every running guest of this process (Ctrl-C, SIGTERM)."""
+    """Kill every running guest of this process (Ctrl-C, SIGTERM), and start no more."""
+    stopping.set()
     with _LIVE_LOCK:
         live = list(_LIVE)
     for m in live:
         if m.child is not None and m.child.isalive():
             m.child.terminate(force=True)
+
+
+def pid_running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not), without reaping it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 class GuestHang(Exception):
@@ -130,13 +146,20 @@ class Machine:
     # --- lifecycle --------------------------------------------------------------
 
     def start(self) -> None:
-        self._qmp_dir = qmp.socket_dir()
+        if stopping.is_set():
+            raise InfraError("the run is stopping: no guest is started")
+        try:
+            self._qmp_dir = qmp.socket_dir()
+            self.serial_log.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.serial_log, "wb")
+            qmp_log = self.serial_log.with_name(self.serial_log.stem + ".qmp.jsonl")
+            qmp_log.unlink(missing_ok=True)
+        except OSError as e:
+            self.kill()
+            raise InfraError(f"cannot start a guest: {e.strerror} ({e.filename})",
+                             "free disk space or check the results directory") from None
         self.params = replace(self.params, qmp_socket=self._qmp_dir / "qmp.sock")
         argv = qemu_argv(self.params)
-        self.serial_log.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.serial_log, "wb")
-        qmp_log = self.serial_log.with_name(self.serial_log.stem + ".qmp.jsonl")
-        qmp_log.unlink(missing_ok=True)
         try:
             self.child = pexpect.spawn(argv[0], argv[1:], timeout=None, echo=False,
                                        preexec_fn=die_with_parent,
@@ -149,7 +172,9 @@ class Machine:
             _LIVE.add(self)
         self.started = self.last_output = time.monotonic()
         self.monitor = qmp.Monitor(self.params.qmp_socket or Path(), qmp_log)
-        self.monitor.start(alive=self.alive)
+        # Not self.alive(): waitpid() from the monitor's thread would race this one's.
+        pid = self.child.pid
+        self.monitor.start(alive=lambda: pid_running(pid))
         if not self.monitor.wait_connected():
             with contextlib.suppress(pexpect.ExceptionPexpect, OSError):
                 self.child.expect(pexpect.EOF, timeout=2)   # QEMU's own words, into the log
@@ -168,19 +193,21 @@ class Machine:
     def kill(self) -> None:
         with _LIVE_LOCK:
             _LIVE.discard(self)
-        if self.child is not None:
-            if self.child.isalive():
-                self.child.terminate(force=True)
-            self.child.close(force=True)
-        if self._log:
-            with contextlib.suppress(OSError):     # a full disk: what it holds is kept
-                self._log.close()
-            self._log = None
-        if self.monitor is not None:
-            self.monitor.stop()
-        if self._qmp_dir is not None:
-            qmp.remove_socket_dir(self._qmp_dir)
-            self._qmp_dir = None
+        try:
+            if self.child is not None:
+                if self.child.isalive():
+                    self.child.terminate(force=True)
+                self.child.close(force=True)
+        finally:
+            if self._log:
+                with contextlib.suppress(OSError):     # a full disk: what it holds is kept
+                    self._log.close()
+                self._log = None
+            if self.monitor is not None:
+                self.monitor.stop()
+            if self._qmp_dir is not None:
+                qmp.remove_socket_dir(self._qmp_dir)
+                self._qmp_dir = None
 
     def exit_status(self) -> int | None:
         if self.child is None or self.child.isalive():
@@ -246,7 +273,7 @@ class Machine:
                 assert isinstance(m, re.Match)
                 return m
             except pexpect.TIMEOUT:
-                self._trim()
+                self._trim(KEEP)
                 if time.monotonic() - self.last_output > QUIET_FLUSH:
                     self._handle(self.parser.flush())
             except pexpect.EOF:
@@ -255,17 +282,18 @@ class Machine:
                 self._check_fatal()
                 raise GuestExited(what, self.exit_status(), self.ending()) from None
 
-    def _trim(self) -> None:
-        """Forget unmatched output beyond KEEP bytes (pexpect keeps it all until a
-        match, in `_before` as well as `buffer`)."""
+    def _trim(self, keep: int) -> None:
+        """Forget unmatched output beyond `keep` bytes (pexpect keeps it all until
+        a match, in `_before` as well as `buffer`, and searches again from
+        `_before`)."""
         c = self.child
         assert c is not None
-        if c._before.tell() > KEEP:
-            tail = c._before.getvalue()[-KEEP:]
+        if c._before.tell() > keep:
+            tail = c._before.getvalue()[-keep:]
             c._before = c.buffer_type()
             c._before.write(tail)
-        if len(c.buffer) > KEEP:
-            c.buffer = c.buffer[-KEEP:]
+        if len(c.buffer) > keep:
+            c.buffer = c.buffer[-keep:]
 
     def watch(self, seconds: float) -> None:
         """Keep reading the console for `seconds`, failing fast on a kernel failure."""
@@ -274,10 +302,11 @@ class Machine:
             self.wait_for(never, seconds, "console output")
         except GuestHang:
             pass
-        # Nothing is searched for in what was read: do not let the buffer grow.
+        # Nothing was searched for in what was read: keep only what the next
+        # wait may still look for (kexec's 'Starting new kernel' can be read
+        # here, by the drain thread, just before the caller waits for it).
         if self.child is not None:
-            self.child.buffer = b""
-            self.child._before = self.child.buffer_type()
+            self._trim(SEARCH_WINDOW)
 
     def run(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
         """Run a command in the serial shell; return its status and output.
@@ -330,7 +359,7 @@ class Machine:
             try:
                 while not stop.is_set():
                     self.watch(SLICE)
-            except (FailureSeen, GuestExited, CellDeadline, pexpect.ExceptionPexpect,
+            except (FailureSeen, GuestExited, HarnessError, pexpect.ExceptionPexpect,
                     OSError) as e:
                 ended.append(e)
                 on_stop()
@@ -339,6 +368,14 @@ class Machine:
         t.start()
         try:
             yield
+        except Exception:
+            # The caller's ssh failed: if the guest ended or failed meanwhile,
+            # that is the news (ssh failing was its consequence).
+            stop.set()
+            t.join()
+            if ended:
+                raise ended[0] from None
+            raise
         finally:
             stop.set()
             t.join()

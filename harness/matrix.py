@@ -141,7 +141,7 @@ def load(path: Path) -> Matrix:
         _check_keys(where, label, raw, allow_name=True)
         if not isinstance(name, str):
             raise where.fail(label, "name", "missing")
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise where.fail(name, "name", "use letters, digits, '.', '_' and '-' "
                                            "(128 at most)")
         if name in seen:

@@ -74,25 +74,27 @@ class Monitor:
                     self.error = f"no QMP connection to {self.socket}: {e}"
                     return
                 await asyncio.sleep(0.05)
-        with client.listener() as listener:
-            try:
-                await client.execute("cont")    # QEMU was started with -S
-            except Exception as e:  # noqa: BLE001 - QEMU went away or refused
-                self.error = f"QMP 'cont' failed: {e}"
-                return
-            self.connected.set()
-            while not self._stop.is_set() and client.runstate == Runstate.RUNNING:
-                try:
-                    ev = await asyncio.wait_for(listener.get(), POLL)
-                except TimeoutError:
-                    continue
-                self._record(dict(ev))
-            while not listener.empty():
-                self._record(dict(await listener.get()))
         try:
-            await client.disconnect()
-        except Exception:  # noqa: BLE001 - QEMU is gone; the events are what matter
-            pass
+            with client.listener() as listener:
+                try:
+                    await client.execute("cont")    # QEMU was started with -S
+                except Exception as e:  # noqa: BLE001 - QEMU went away or refused
+                    self.error = f"QMP 'cont' failed: {e}"
+                    return
+                self.connected.set()
+                while not self._stop.is_set() and client.runstate == Runstate.RUNNING:
+                    try:
+                        ev = await asyncio.wait_for(listener.get(), POLL)
+                    except TimeoutError:
+                        continue
+                    self._record(dict(ev))
+                while not listener.empty():
+                    self._record(dict(await listener.get()))
+        finally:
+            try:
+                await client.disconnect()
+            except Exception:  # noqa: BLE001 - QEMU is gone; the events are what matter
+                pass
 
     def _record(self, ev: dict[str, Any]) -> None:
         with self._lock:

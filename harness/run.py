@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar, cast
 
 from harness import build as kbuild
-from harness import initramfs, kexec, qemu, runtime, source
+from harness import initramfs, kexec, machine, qemu, runtime, source
 from harness.cells import Cell
 from harness.errors import BuildError, HarnessError
 from harness.known_issues import KnownIssue
-from harness.machine import kill_all
 from harness.results import CellResult, Verdict, write_cell, write_summary
 from harness.scenarios import cpa, selfcheck
 from harness.ssh import generate_client_key
@@ -82,8 +81,14 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
             "cells_requested": [c.name for c in cells], "interrupted": False, **(meta or {})}
 
     failed = False
+    machine.stopping.clear()    # a new run in this process may start guests again
+
+    written: set[str] = set()
 
     def finish(res: CellResult) -> None:
+        if res.name in written:
+            return
+        written.add(res.name)
         results[res.name] = res
         write_cell(run_dir, res)
         if live:
@@ -113,7 +118,7 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
             # their threads end now, and what finished is written (unless what
             # stopped the run is that results cannot be written: a full disk).
             pool.shutdown(wait=False, cancel_futures=True)
-            kill_all()
+            machine.kill_all()
             if isinstance(stop, KeyboardInterrupt):
                 for fut in futures:
                     if fut.done() and not fut.cancelled() and fut.exception() is None:
@@ -383,7 +388,7 @@ def _attempts(cell: Cell, ctx: cpa.CellContext, out: TextIO) -> CellResult:
         out.started(cell.name)
     say(out, f"[{cell.name}] started ({cell.arch}, {ctx.accel.accel}, {ctx.cell_dir})")
     res = SCENARIOS[cell.scenario](cell, ctx)
-    if res.verdict != Verdict.INFRA_ERROR:
+    if res.verdict != Verdict.INFRA_ERROR or machine.stopping.is_set():
         return res
     for name in ("serial.log", "serial.qmp.jsonl"):
         first = ctx.cell_dir / name

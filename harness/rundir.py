@@ -116,7 +116,7 @@ def read_cell(run_dir: Path, entry: Any, summary_path: Path) -> CellResult:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise UserError(f"{summary_path} has a cell entry without a name")
     name = entry["name"]
-    if not CELL_NAME_RE.match(name):
+    if not CELL_NAME_RE.fullmatch(name):
         raise UserError(f"{summary_path} names a cell {name[:60]!r} that cannot be a directory")
     # Always cells/NAME/result.json: a file's contents never choose what else is read.
     path = run_dir / "cells" / name / "result.json"

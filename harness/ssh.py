@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ CHUNK = 32768
 
 class SshError(Exception):
     """An ssh operation on a connected guest failed."""
+
+
+class SshNoAnswer(InfraError):
+    """No ssh connection could be made before the deadline."""
 
 
 class SshTimeout(SshError):
@@ -186,6 +191,12 @@ class GuestSsh:
         self.host = ""
         self.port = 0
         self.attempts = 0
+        self.aborted = False
+
+    def abort(self) -> None:
+        """From another thread: the guest is gone; stop connecting, close."""
+        self.aborted = True
+        self.close()
 
     def __enter__(self) -> GuestSsh:
         return self
@@ -215,8 +226,10 @@ class GuestSsh:
         self.attempts = 0
         while True:
             left = deadline - time.monotonic()
+            if self.aborted:
+                raise SshNoAnswer(f"ssh to {host}:{port} abandoned: the guest stopped")
             if left <= 0:
-                raise InfraError(
+                raise SshNoAnswer(
                     f"ssh to {host}:{port} did not answer within "
                     f"{time.monotonic() - started:.0f}s ({self.attempts} attempts; "
                     f"last error: {last})",
@@ -278,7 +291,7 @@ class GuestSsh:
         err: list[bytes] = []
         try:
             chan.settimeout(max(0.01, deadline - time.monotonic()))
-            chan.exec_command(command)
+            self._exec_request(chan, command, deadline, what, timeout)
             if stdin is not None:
                 self._feed(chan, stdin, deadline, what, timeout)
             chan.shutdown_write()
@@ -310,6 +323,24 @@ class GuestSsh:
             chan.close()
         return Completed(status, b"".join(out).decode(errors="replace"),
                          b"".join(err).decode(errors="replace"))
+
+    @staticmethod
+    def _exec_request(chan: paramiko.Channel, command: str, deadline: float, what: str,
+                      timeout: float) -> None:
+        """exec_command() waits for the guest's answer without any timeout (a guest
+        that stopped after opening the channel would hold it for ever): closing
+        the channel at the deadline ends the wait."""
+        timer = threading.Timer(max(0.01, deadline - time.monotonic()), chan.close)
+        timer.daemon = True
+        timer.start()
+        try:
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError):
+            if time.monotonic() >= deadline:
+                raise SshTimeout(what, timeout) from None
+            raise
+        finally:
+            timer.cancel()
 
     @staticmethod
     def _feed(chan: paramiko.Channel, local: Path, deadline: float, what: str,

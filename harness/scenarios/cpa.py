@@ -133,7 +133,6 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
     m.cell_deadline = start + res.deadline
     try:
         m.start()
-        res.qemu_command = show_command(m.params)     # with its QMP socket
         res.boot_id = g.boot(t.boot, t.ssh)
         res.durations["boot_to_ready"] = time.monotonic() - start
         view, boot = first_look(cell, ctx, res, g)
@@ -179,11 +178,14 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
     except GuestExited as e:
         _exited(res, m, e)
     except OSError as e:
-        # EIO writing to QEMU's terminal: QEMU went away under the harness.
         if m.alive():
-            raise
-        _exited(res, m, GuestExited(f"a write to the console ({e.strerror})",
-                                    m.exit_status(), m.ending()))
+            res.verdict = Verdict.INFRA_ERROR
+            res.reason = f"I/O error: {e.strerror or e}{f' ({e.filename})' if e.filename else ''}"
+            res.serial_tail = m.tail()
+        else:
+            # EIO writing to QEMU's terminal: QEMU went away under the harness.
+            _exited(res, m, GuestExited(f"a write to the console ({e.strerror})",
+                                        m.exit_status(), m.ending()))
     except HarnessError as e:
         res.verdict = Verdict.USER_ERROR if e.exit_code == 2 else Verdict.INFRA_ERROR
         res.reason = e.line()
