@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import os
 import re
@@ -330,7 +331,11 @@ class GuestSsh:
         """exec_command() waits for the guest's answer without any timeout (a guest
         that stopped after opening the channel would hold it for ever): closing
         the channel at the deadline ends the wait."""
-        timer = threading.Timer(max(0.01, deadline - time.monotonic()), chan.close)
+        def give_up() -> None:
+            with contextlib.suppress(Exception):    # the connection may be gone already
+                chan.close()
+
+        timer = threading.Timer(max(0.01, deadline - time.monotonic()), give_up)
         timer.daemon = True
         timer.start()
         try:
