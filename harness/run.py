@@ -7,6 +7,7 @@ an interrupted run keeps everything already finished.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import platform
 import secrets
@@ -115,15 +116,15 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
                 finish(fut.result())
         except (KeyboardInterrupt, HarnessError) as stop:
             # Cells not yet started stay "not-run"; running guests are killed so
-            # their threads end now, and what finished is written (unless what
-            # stopped the run is that results cannot be written: a full disk).
+            # their threads end now, and what finished is written if it can be
+            # (what stopped the run may be that results cannot be written).
             pool.shutdown(wait=False, cancel_futures=True)
             machine.kill_all()
-            if isinstance(stop, KeyboardInterrupt):
-                for fut in futures:
-                    if fut.done() and not fut.cancelled() and fut.exception() is None:
+            for fut in futures:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    with contextlib.suppress(HarnessError):
                         finish(fut.result())
-            raise
+            raise stop
         pool.shutdown()
     except KeyboardInterrupt:
         meta["interrupted"] = True
