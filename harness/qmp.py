@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -35,13 +36,30 @@ POLL = 0.2
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
 
+SOCKET_DIR_PREFIX = "cpa-harness-qmp."
+
+
 def socket_dir() -> Path:
     """A private directory for one guest's QMP socket.
 
     Not under the run directory: a unix socket path is limited to 108 bytes.
-    Mode 0700, so no other user can connect to QEMU's monitor.
+    Mode 0700, so no other user can connect to QEMU's monitor. Named after the
+    harness process, so that what a SIGKILLed harness left (no cleanup code
+    runs then) is removed by the next one.
     """
-    return Path(tempfile.mkdtemp(prefix="cpa-harness-qmp."))
+    _sweep_stale()
+    return Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}."))
+
+
+def _sweep_stale() -> None:
+    for d in Path(tempfile.gettempdir()).glob(f"{SOCKET_DIR_PREFIX}*.*"):
+        pid = d.name[len(SOCKET_DIR_PREFIX):].split(".", 1)[0]
+        try:
+            mine = d.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if pid.isdigit() and mine and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class Monitor:

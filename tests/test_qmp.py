@@ -107,3 +107,23 @@ def test_events_are_kept_in_order_with_their_data() -> None:
     host = [{"event": "SHUTDOWN", "data": {"guest": False, "reason": "host-qmp-quit"}}]
     assert qmp.ending(host, 0, None, True).infra
     assert qmp.ending([], 1, None, True).infra
+
+
+def test_socket_dirs_of_a_dead_harness_are_swept() -> None:
+    """A SIGKILLed harness runs no cleanup: the next one removes what it left."""
+    import tempfile
+    dead = _dead_pid()
+    stale = Path(tempfile.mkdtemp(prefix=f"{qmp.SOCKET_DIR_PREFIX}{dead}."))
+    live = qmp.socket_dir()
+    try:
+        assert not stale.exists()
+        assert live.exists() and live.name.startswith(f"{qmp.SOCKET_DIR_PREFIX}{os.getpid()}.")
+    finally:
+        qmp.remove_socket_dir(live)
+        qmp.remove_socket_dir(stale)
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
