@@ -10,7 +10,6 @@ fall back to the serial shell.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InfraError
-from harness.machine import READY_RE, GuestHang, Machine
+from harness.machine import READY_RE, GuestHang, Machine, pid_running
 from harness.ssh import Completed, GuestSsh, SshError, SshNoAnswer, SshTimeout, host_key_lines
 
 Runner = Callable[[str], tuple[int, str]]
@@ -147,10 +146,4 @@ def read_guest_file(path: Path) -> dict[str, Any]:
 
 
 def qemu_running(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+    return bool(pid) and pid_running(int(pid or 0))
