@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import elf, kconfig, paths
+from harness import elf, kconfig, kconfig_options, paths
 from harness.arches import Arch
 from harness.errors import BuildError, InfraError, UserError
 from harness.proc import die_with_parent, kill_group
@@ -66,9 +66,27 @@ class Build:
     cached: bool            # True: no kernel work was done
     seconds: float
     log: Path
+    version: str = ""       # the tree's kernel version, e.g. 6.1.158
+    # Wanted features the tree could not give (kconfig.Unavailable.to_json() each)
+    unavailable: tuple[dict[str, Any], ...] = ()
+
+    def lacks(self, feature: str) -> dict[str, Any] | None:
+        """The record of `feature` being unavailable in this kernel, if it is."""
+        return next((u for u in self.unavailable if u["feature"] == feature), None)
+
+    def unavailable_lines(self) -> list[str]:
+        return [unavailable_line(u, self.version) for u in self.unavailable]
 
     def config_text(self) -> str:
         return self.config.read_text(errors="replace")
+
+
+def unavailable_line(u: dict[str, Any], version: str) -> str:
+    """'LKDTM unavailable on 6.1: CONFIG_LKDTM ...' from a recorded Unavailable."""
+    why = (u.get("why") or ["?"])[0]
+    options = u.get("options") or ["?"]
+    return (f"{u.get('title', u.get('feature'))} unavailable on {version or 'this tree'}: "
+            f"{options[0]} {why}; {u.get('without', '')}")
 
 
 def fragments_for(arch: Arch, names: list[str]) -> tuple[Path, ...]:
@@ -168,7 +186,7 @@ def request_record(req: BuildRequest, cache: Path) -> Path | None:
     if not req.source.cache_key:
         return None
     key = _digest(CACHE_VERSION, req.source.cache_key, req.arch.name, req.merged().text(),
-                  toolchain_id())
+                  kconfig_options.load().digest, toolchain_id())
     return cache / "requests" / f"{key}.json"
 
 
@@ -192,7 +210,9 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
     scratch = cache / "kconfig" / f"{src_tag}-{req.arch.name}"
     with paths.locked(scratch.with_suffix(".lock")):
         # Read under the lock: another process may configure here right after.
-        final = _configure(req, merged, scratch).read_bytes()
+        config_path, survival = _configure(req, merged, scratch)
+        final = config_path.read_bytes()
+    unavailable = tuple(u.to_json() for u in survival.unavailable)
     cfg_hash = _config_hash(final)
     bdir = cache / "builds" / f"{req.arch.name}-{src_tag}-{cfg_hash[:12]}"
     with paths.locked(bdir.with_suffix(".lock")):
@@ -223,10 +243,11 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
             log_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(log, log_dir / f"build-{req.arch.name}.log")
         result = Build(req.arch.name, bdir, image, vmlinux, config, req.source.id, cfg_hash,
-                       False, time.monotonic() - start, log)
+                       False, time.monotonic() - start, log, req.source.version, unavailable)
         if record:
             _write_json(record, {
                 "dir": str(bdir), "config_hash": cfg_hash, "source_id": req.source.id,
+                "version": req.source.version, "unavailable": list(unavailable),
                 "artifacts": _artifact_record([image, vmlinux, config]),
             })
         return result
@@ -253,11 +274,12 @@ def _cached(record: Path, req: BuildRequest, elapsed: float) -> Build | None:
             print(f"build {req.arch.name}: the cached kernel in {bdir} changed since it was "
                   "built; building it again", flush=True)
             return None
+        unavailable = tuple(u for u in data.get("unavailable", []) if isinstance(u, dict))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return Build(req.arch.name, bdir, bdir / req.arch.image, bdir / "vmlinux", bdir / ".config",
                  str(data["source_id"]), str(data["config_hash"]), True, elapsed,
-                 bdir / "build.log")
+                 bdir / "build.log", req.source.version, unavailable)
 
 
 def _discard_changed(record: Path, artifacts: list[Path]) -> None:
@@ -275,21 +297,25 @@ def _discard_changed(record: Path, artifacts: list[Path]) -> None:
             pass
 
 
-def _configure(req: BuildRequest, merged: kconfig.Merged, scratch: Path) -> Path:
+def _configure(req: BuildRequest, merged: kconfig.Merged,
+               scratch: Path) -> tuple[Path, kconfig.Survival]:
     scratch.mkdir(parents=True, exist_ok=True)
     log = scratch / "kconfig.log"
     log.write_text("")
     _make(req, scratch, ["tinyconfig"], log, quiet=True)
     config = scratch / ".config"
-    kconfig.apply(config, merged)
+    known = kconfig_options.load()
+    kconfig.apply(config, merged, known)
     _make(req, scratch, ["olddefconfig"], log, quiet=True)
-    dropped = kconfig.check_survival(merged, kconfig.read_config(config), req.source.path)
-    if dropped:
-        lines = "\n  ".join(d.line() for d in dropped)
-        raise UserError(f"{len(dropped)} requested option(s) did not survive olddefconfig "
-                        f"for {req.arch.name}:\n  {lines}",
-                        "enable the dependencies too, or drop the option from the fragment")
-    return config
+    survival = kconfig.check_survival(merged, kconfig.read_config(config), req.source.path,
+                                      known)
+    if survival.dropped:
+        lines = "\n  ".join(d.line() for d in survival.dropped)
+        raise UserError(f"{len(survival.dropped)} essential option(s) did not survive "
+                        f"olddefconfig for {req.arch.name} on {req.source.version}:\n  {lines}",
+                        "enable the dependencies too, or drop the option from the fragment "
+                        "(docs/kconfig.md lists the essential options)")
+    return config, survival
 
 
 def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InfraError
-from harness.machine import READY_RE, GuestHang, Machine, pid_running
+from harness.machine import GuestHang, Machine, pid_running, wait_ready
 from harness.ssh import Completed, GuestSsh, SshError, SshNoAnswer, SshTimeout, host_key_lines
 
 Runner = Callable[[str], tuple[int, str]]
@@ -41,13 +41,14 @@ class Guest:
         self.host_key = ""
         self.connect_seconds: float | None = None
 
-    def boot(self, timeout: float, ssh_deadline: float) -> str:
-        """Wait for this boot's ready marker, then connect; return the boot id."""
+    def boot(self, timeout: float, ssh_deadline: float, nonce: str | None = None) -> str:
+        """Wait for the ready marker of the boot with `nonce` (the first boot's if
+        None), then connect; return the boot id."""
         self.close_ssh()
-        ready = self.m.wait_for(READY_RE, timeout, "ready marker from the guest's init")
+        nonce = self.m.nonce if nonce is None else nonce
+        ready = wait_ready(self.m, timeout, nonce)
         self.boot_id = ready.group(1).decode()
-        before = self.m.child.before if self.m.child is not None else b""
-        keys = host_key_lines(before if isinstance(before, bytes) else b"")
+        keys = host_key_lines(self.m.before, nonce)
         if self.access is not None:
             if not keys:
                 raise InfraError("the guest printed no ssh host key before its ready marker",

@@ -13,8 +13,10 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.errors import UserError
+from harness.kconfig_options import Feature, Knowledge
 from harness.paths import CONFIGS_DIR
 
 SET_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
@@ -145,15 +147,24 @@ def read_config(path: Path) -> dict[str, str]:
     return values
 
 
-def apply(base: Path, merged: Merged) -> None:
-    """Rewrite a .config so the merged options replace any earlier line."""
+def _spellings(opt: Option, known: Knowledge) -> list[Option]:
+    """The option under each name it has had: olddefconfig keeps the one the tree defines."""
+    return [Option(f"CONFIG_{n}", opt.value, opt.origin)
+            for n in known.names(opt.name.removeprefix("CONFIG_"))]
+
+
+def apply(base: Path, merged: Merged, known: Knowledge) -> None:
+    """Rewrite a .config so the merged options, under every name they have had,
+    replace any earlier line."""
+    wanted = [s for o in merged.options.values() for s in _spellings(o, known)]
+    names = {o.name for o in wanted}
     kept = []
     for line in base.read_text().splitlines():
         m = SET_RE.match(line) or UNSET_RE.match(line)
-        if m and m.group(1) in merged.options:
+        if m and m.group(1) in names:
             continue
         kept.append(line)
-    base.write_text("\n".join(kept) + "\n" + merged.text())
+    base.write_text("\n".join(kept) + "\n" + "".join(o.line() + "\n" for o in wanted))
 
 
 @dataclass(frozen=True)
@@ -168,17 +179,67 @@ class Dropped:
                 f"did not survive olddefconfig (got {got}): {self.depends}")
 
 
-def check_survival(merged: Merged, final: dict[str, str], src: Path) -> list[Dropped]:
-    dropped = []
+@dataclass(frozen=True)
+class Unavailable:
+    """A wanted feature the tree could not give: recorded, shown, never fatal."""
+
+    feature: Feature
+    dropped: tuple[Dropped, ...]
+
+    def line(self, version: str) -> str:
+        d = self.dropped[0]
+        return (f"{self.feature.title} unavailable on {version or 'this tree'}: "
+                f"{d.option.name} {d.depends}; {self.feature.without}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"feature": self.feature.name, "title": self.feature.title,
+                "without": self.feature.without,
+                "options": [d.option.name for d in self.dropped],
+                "why": [d.depends for d in self.dropped]}
+
+
+@dataclass
+class Survival:
+    dropped: list[Dropped] = field(default_factory=list)           # essential: refuse
+    unavailable: list[Unavailable] = field(default_factory=list)   # wanted: record
+
+
+def check_survival(merged: Merged, final: dict[str, str], src: Path,
+                   known: Knowledge) -> Survival:
+    """Which requested options olddefconfig dropped, essential ones apart from wanted ones.
+
+    An option counts as kept under any of its names. A menu gate the tree does
+    not define at all (CPU_MITIGATIONS before it existed) was never needed.
+    """
+    out = Survival()
+    lost: dict[str, list[Dropped]] = {}
     deps: KconfigDeps | None = None
     for opt in merged.options.values():
-        got = final.get(opt.name, NOT_SET)
-        if got == opt.value:
+        spellings = _spellings(opt, known)
+        if any(final.get(s.name, NOT_SET) == opt.value for s in spellings):
             continue
         if deps is None:
             deps = KconfigDeps.read(src)
-        dropped.append(Dropped(opt, got, deps.explain(opt.name.removeprefix("CONFIG_"), final)))
-    return dropped
+        symbols = [s.name.removeprefix("CONFIG_") for s in spellings]
+        defined = [s for s in symbols if s in deps.defs]
+        if not defined and known.is_gate(symbols[0]):
+            continue
+        if defined:
+            why = deps.explain(defined[0], final)
+        elif len(symbols) > 1:
+            why = ("not defined in this tree's Kconfig under any of its names "
+                   f"({', '.join(symbols)})")
+        else:
+            why = deps.explain(symbols[0], final)
+        got = final.get(f"CONFIG_{defined[0]}" if defined else opt.name, NOT_SET)
+        d = Dropped(opt, got, why)
+        feature = known.feature_of(symbols[0])
+        if feature is None:
+            out.dropped.append(d)
+        else:
+            lost.setdefault(feature.name, []).append(d)
+    out.unavailable = [Unavailable(known.features[f], tuple(ds)) for f, ds in lost.items()]
+    return out
 
 
 # --- a small reader of the config / depends on / if / menu structure ---------
@@ -207,7 +268,7 @@ class KconfigDeps:
     def explain(self, sym: str, final: dict[str, str]) -> str:
         found = self.defs.get(sym)
         if not found:
-            return f"{sym} is not defined in this tree's Kconfig (misspelt, or removed)"
+            return "not defined in this tree's Kconfig (misspelt, removed, or newer than the tree)"
         parts = []
         for where, exprs in found:
             conjuncts = [c for e in exprs for c in _conjuncts(e)]

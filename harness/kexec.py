@@ -12,7 +12,6 @@ and kexec_file_load (`kexec -s`, x86_64 only: KEXEC_FILE).
 from __future__ import annotations
 
 import re
-import secrets
 import shlex
 import struct
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 from harness import elf
 from harness.arches import Arch
 from harness.errors import UserError
+from harness.serial import NONCE_PARAM
 
 METHODS: dict[str, tuple[str, str]] = {
     # method: (kexec-tools flags, the option the kernel needs). -s only picks the
@@ -29,7 +29,6 @@ METHODS: dict[str, tuple[str, str]] = {
     "kexec_load": ("-l", "CONFIG_KEXEC"),
     "kexec_file_load": ("-s -l", "CONFIG_KEXEC_FILE"),
 }
-NONCE_PARAM = "cpa_harness.nonce"
 # kernel/kexec_core.c kernel_kexec(): "Starting new kernel" (pr_notice)
 STARTING_RE = re.compile(rb"Starting new kernel")
 GUEST_IMAGE = "/tmp/kexec-image"
@@ -59,10 +58,6 @@ class RoundTrip:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def new_nonce() -> str:
-    return secrets.token_hex(8)
 
 
 def next_cmdline(current: str, nonce: str) -> str:

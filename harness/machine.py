@@ -23,14 +23,17 @@ from typing import IO, Any
 import pexpect
 
 from harness import qmp
-from harness.console import ConsoleParser, Failure, FailureFound
+from harness.console import BootStarted, ConsoleParser, Failure, FailureFound, SelftestDone
 from harness.errors import HarnessError, InfraError
 from harness.proc import die_with_parent
 from harness.qemu import QemuParams, qemu_argv
+from harness.serial import SerialView, ready_re
 
-READY_RE = re.compile(rb"CPA-HARNESS-READY boot_id=([0-9a-f-]{36})")
 # printk lines (PRINTK_TIME is on) that land in the middle of a command's output
 KMSG_RE = re.compile(r"^\s*(<\d+>)?\[\s*\d+\.\d+\]")
+# A command typed on the serial shell whose start marker does not come back is
+# typed again, this many times in all; a guard in the line makes sure it runs once.
+TYPE_ATTEMPTS = 3
 QUIET_FLUSH = 5.0   # seconds of silence after which a pending report counts as complete
 SLICE = 0.5
 # QEMU's words when the ssh port forward cannot bind (net/slirp.c)
@@ -140,6 +143,13 @@ class Machine:
         self.cell_deadline: float | None = None   # time.monotonic() by which all waits end
         self._log: IO[bytes] | None = None
         self._seq = itertools.count(1)
+        # The console with kernel records lifted out of the lines they split;
+        # waits search it from the cursor, where the last match ended.
+        self.view = SerialView()
+        self._cursor = 0
+        self.before = b""       # what came between the last wait's start and its match
+        self.notes: list[str] = []     # what the harness had to do again, for the result
+        self.passes_at: list[float] = []    # seconds after start of this boot's self-test passes
         self.monitor: qmp.Monitor | None = None
         self._qmp_dir: Path | None = None
 
@@ -229,10 +239,26 @@ class Machine:
 
     def _feed(self, data: bytes) -> None:
         self.last_output = time.monotonic()
+        self.view.feed(data)
         self._handle(self.parser.feed(data))
+
+    def note(self, text: str) -> None:
+        self.notes.append(f"{time.monotonic() - self.started:.1f}s: {text}")
+
+    @property
+    def nonce(self) -> str:
+        """The nonce on this guest's first kernel command line."""
+        return self.params.nonce
+
+    def ready_re(self, nonce: str | None = None) -> re.Pattern[bytes]:
+        return ready_re(self.params.nonce if nonce is None else nonce)
 
     def _handle(self, events: list[Any]) -> None:
         for ev in events:
+            if isinstance(ev, BootStarted):
+                self.passes_at = []
+            elif isinstance(ev, SelftestDone):
+                self.passes_at.append(time.monotonic() - self.started)
             if isinstance(ev, FailureFound):
                 self.failures.append(ev.failure)
                 if self.pending_fatal is None and self.is_fatal(ev.failure, self.kernel()):
@@ -249,14 +275,20 @@ class Machine:
 
     def wait_for(self, pattern: re.Pattern[bytes], timeout: float, what: str,
                  quiet_ok: bool = True) -> re.Match[bytes]:
-        """Wait for `pattern` on the serial console, failing fast on a kernel failure."""
+        """Wait for `pattern` in a complete line of the console, failing fast on a
+        kernel failure. Kernel records that split the line are not in the way
+        (harness.serial)."""
         assert self.child is not None
         deadline = time.monotonic() + timeout
         backstop = self.cell_deadline is not None and self.cell_deadline < deadline
         if backstop:
             deadline = self.cell_deadline or deadline
+        start = self._cursor
         while True:
             self._check_fatal()
+            m = self._search(pattern, start)
+            if m is not None:
+                return m
             left = deadline - time.monotonic()
             if left <= 0:
                 self._handle(self.parser.flush())
@@ -266,34 +298,29 @@ class Machine:
                                        "the host may be overloaded; see the serial log")
                 raise GuestHang(what, timeout)
             try:
-                self.child.expect(pattern, timeout=min(SLICE, left),
-                                  searchwindowsize=SEARCH_WINDOW)
-                self._check_fatal()
-                m = self.child.match
-                assert isinstance(m, re.Match)
-                return m
+                # Read through pexpect so the bytes reach the log, the parser and
+                # the view (logfile_read); matching is done on the view.
+                self.child.read_nonblocking(65536, timeout=min(SLICE, left))
             except pexpect.TIMEOUT:
-                self._trim(KEEP)
+                self.view.trim(KEEP)
                 if time.monotonic() - self.last_output > QUIET_FLUSH:
                     self._handle(self.parser.flush())
             except pexpect.EOF:
                 self._handle(self.parser.flush())
                 self.child.close()
                 self._check_fatal()
+                m = self._search(pattern, start)
+                if m is not None:       # in QEMU's last words
+                    return m
                 raise GuestExited(what, self.exit_status(), self.ending()) from None
 
-    def _trim(self, keep: int) -> None:
-        """Forget unmatched output beyond `keep` bytes (pexpect keeps it all until
-        a match, in `_before` as well as `buffer`, and searches again from
-        `_before`)."""
-        c = self.child
-        assert c is not None
-        if c._before.tell() > keep:
-            tail = c._before.getvalue()[-keep:]
-            c._before = c.buffer_type()
-            c._before.write(tail)
-        if len(c.buffer) > keep:
-            c.buffer = c.buffer[-keep:]
+    def _search(self, pattern: re.Pattern[bytes], start: int) -> re.Match[bytes] | None:
+        """A match in the newest output since `start`; `before` and the cursor follow it."""
+        m = self.view.search(pattern, max(start, self.view.end - SEARCH_WINDOW))
+        if m is not None:
+            self.before = self.view.between(start, self.view.offset(m, "start"))
+            self._cursor = self.view.offset(m)
+        return m
 
     def watch(self, seconds: float) -> None:
         """Keep reading the console for `seconds`, failing fast on a kernel failure."""
@@ -302,32 +329,55 @@ class Machine:
             self.wait_for(never, seconds, "console output")
         except GuestHang:
             pass
-        # Nothing was searched for in what was read: keep only what the next
-        # wait may still look for (kexec's 'Starting new kernel' can be read
-        # here, by the drain thread, just before the caller waits for it).
-        if self.child is not None:
-            self._trim(SEARCH_WINDOW)
+
+    def type_command(self, command: str, timeout: float = 60.0) -> int:
+        """Type `command` on the serial shell and wait until it has started.
+
+        The line prints a begin marker, runs the command, and prints an end
+        marker with its exit status. A line whose begin marker does not come
+        back (a lost character, a shell not yet reading) is typed again, up to
+        TYPE_ATTEMPTS times in all; its guard (mkdir of a directory named by
+        the command's number) makes a line that was only late run once, however
+        often it was typed. The command ends its own line, so one ending in `&`
+        or a comment still works. The markers are split by
+        quotes in the typed line, so the shell's echo of it cannot match them.
+        Returns the command's number, for `wait_command`.
+        """
+        assert self.child is not None
+        n = next(self._seq)
+        line = (f"mkdir /tmp/.cpa-harness-{n} 2>/dev/null && {{ echo '@@CPA''-{n}-BEGIN@@'; "
+                f"{command}\recho \"@@CPA\"\"-{n}-END-$?@@\"; }}\r")
+        begin = re.compile(rf"@@CPA-{n}-BEGIN@@".encode())
+        each = timeout / TYPE_ATTEMPTS
+        for attempt in range(1, TYPE_ATTEMPTS + 1):
+            # Ctrl-U first: whatever a lost character left on the shell's line goes.
+            self.child.send(b"\x15" + line.encode())
+            try:
+                self.wait_for(begin, each, f"start of '{command}'")
+                return n
+            except GuestHang:
+                if attempt == TYPE_ATTEMPTS:
+                    raise GuestHang(f"start of '{command}' on the serial shell (typed "
+                                    f"{TYPE_ATTEMPTS} times)", timeout) from None
+                self.note(f"serial shell: no start marker for '{command[:80]}' within "
+                          f"{each:.0f}s; typed it again ({attempt + 1}/{TYPE_ATTEMPTS})")
+        raise AssertionError("unreachable")
+
+    def wait_command(self, n: int, command: str, timeout: float) -> tuple[int, str]:
+        """The exit status and output of command number `n`, once it ends."""
+        end = re.compile(rf"@@CPA-{n}-END-(\d+)@@".encode())
+        m = self.wait_for(end, timeout, f"end of '{command}'")
+        lines = self.before.decode(errors="replace").split("\n")
+        out = [ln for ln in lines if not KMSG_RE.match(ln)]
+        return int(m.group(1)), "\n".join(out).strip("\n")
 
     def run(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
         """Run a command in the serial shell; return its status and output.
 
         Kernel messages printed meanwhile are dropped from the output (they are
-        still in the log and were seen by the parser). The markers are split in
-        the command so the shell's echo of the typed line cannot match them.
+        still in the log and were seen by the parser).
         """
-        assert self.child is not None
-        n = next(self._seq)
-        self.child.send(f"echo '@@CPA''-{n}-BEGIN@@'; {command}; echo \"@@CPA\"\"-{n}-END-$?@@\"\r"
-                        .encode())
-        end = re.compile(rf"@@CPA-{n}-END-(\d+)@@".encode())
-        self.wait_for(re.compile(rf"@@CPA-{n}-BEGIN@@".encode()), timeout,
-                      f"start of '{command}'")
-        m = self.wait_for(end, timeout, f"end of '{command}'")
-        assert self.child is not None
-        raw = self.child.before if isinstance(self.child.before, bytes) else b""
-        lines = raw.decode(errors="replace").replace("\r", "").split("\n")
-        out = [ln for ln in lines if not KMSG_RE.match(ln)]
-        return int(m.group(1)), "\n".join(out).strip("\n")
+        return self.wait_command(self.type_command(command, timeout), command, timeout)
 
     def poweroff(self, timeout: float = 30.0) -> None:
         """`reboot -f` with -no-reboot ends QEMU; kill it if it does not."""
@@ -405,3 +455,36 @@ class Machine:
         self.kill()
         analysis = self.parser.finish()
         return analysis.to_json()
+
+
+# A kernel that printed within this long of the ready deadline was still running.
+RUNNING_WITHIN = 30.0
+
+
+def wait_ready(m: Machine, timeout: float, nonce: str | None = None) -> re.Match[bytes]:
+    """The ready marker of the boot with `nonce` (the first boot's if None).
+
+    A guest that never printed it while its kernel kept running (output
+    lately, or a self-test pass) has not hung: the harness's own init failed
+    it, or the marker was lost. That is an infrastructure error saying what
+    was seen, never a hang a good kernel could be blamed for.
+    """
+    try:
+        return m.wait_for(m.ready_re(nonce), timeout, "ready marker from the guest's init")
+    except GuestHang:
+        seen = kernel_seen(m)
+        if seen is None:
+            raise
+        raise InfraError(f"no ready marker from the guest's init within {timeout:.0f}s, "
+                         f"but the kernel was running ({seen})",
+                         f"see {m.serial_log}") from None
+
+
+def kernel_seen(m: Machine) -> str | None:
+    """What shows the kernel running lately ('self-test pass at 31 s, ...'), or None."""
+    quiet = time.monotonic() - m.last_output
+    if not m.passes_at and quiet > RUNNING_WITHIN:
+        return None
+    parts = [f"self-test pass at {t:.0f} s" for t in m.passes_at[:3]]
+    parts.append(f"last output {quiet:.0f} s ago")
+    return ", ".join(parts)

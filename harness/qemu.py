@@ -24,6 +24,7 @@ from pathlib import Path
 from harness.arches import Arch
 from harness.errors import InfraError
 from harness.proc import die_with_parent
+from harness.serial import NONCE_PARAM, SerialView, new_nonce, ready_re
 
 # Always on the guest's command line: the console on the first serial port, and
 # a panic that ends QEMU (with -no-reboot) instead of leaving a dead guest.
@@ -44,9 +45,14 @@ class QemuParams:
     qmp_socket: Path | None = None
     numa_nodes: int = 1             # memory and CPUs split evenly between nodes
     extra: tuple[str, ...] = field(default_factory=tuple)
+    # On the command line for guest/init to put in its markers (harness.serial)
+    nonce: str = ""
 
     def full_cmdline(self) -> str:
-        return f"{BASE_CMDLINE} {self.cmdline}".strip()
+        words = [BASE_CMDLINE, self.cmdline]
+        if self.nonce:
+            words.append(f"{NONCE_PARAM}={self.nonce}")
+        return " ".join(w for w in words if w)
 
 
 def qemu_argv(p: QemuParams) -> list[str]:
@@ -184,7 +190,6 @@ def run_probe(qemu: str, accel: str, cpu: str, deadline: float = PROBE_DEADLINE)
 
 
 KERNEL_PROBE_DEADLINE = 30.0
-READY_MARKER = b"CPA-HARNESS-READY"
 
 
 def run_kernel_probe(arch: Arch, accel: str, cpu: str, kernel: Path, initrd: Path,
@@ -196,13 +201,15 @@ def run_kernel_probe(arch: Arch, accel: str, cpu: str, kernel: Path, initrd: Pat
     reaching user space proves the accelerator works.
     """
     p = QemuParams(arch=arch, accel=accel, cpu=cpu, memory_mb=512, smp=1, cmdline="",
-                   kernel=kernel, initrd=initrd)
+                   kernel=kernel, initrd=initrd, nonce=new_nonce())
+    ready = ready_re(p.nonce)
+    view = SerialView()
     argv = qemu_argv(p)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=die_with_parent)
     assert proc.stdout is not None
-    seen = b""
+    seen = b""      # the newest raw output, for the error line
     end = time.monotonic() + deadline
     try:
         os.set_blocking(proc.stdout.fileno(), False)
@@ -210,7 +217,9 @@ def run_kernel_probe(arch: Arch, accel: str, cpu: str, kernel: Path, initrd: Pat
             chunk = proc.stdout.read(65536)
             if chunk:
                 seen = (seen + chunk)[-65536:]
-                if READY_MARKER in seen:
+                view.feed(chunk)
+                view.trim(65536)
+                if view.search(ready, 0):
                     return None
             elif proc.poll() is not None:
                 last = [ln for ln in seen.decode(errors="replace").splitlines() if ln.strip()]

@@ -94,6 +94,9 @@ class CellResult:
     retried_after: str = ""     # the infrastructure error of a first attempt
     qemu_ended: dict[str, Any] = field(default_factory=dict)    # why QEMU ended early (QMP)
     deadline: float = 0.0       # the cell's backstop, seconds
+    # Wanted kernel features the tree could not give ("LKDTM unavailable on 6.1: ...")
+    unavailable: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)     # what the harness had to do again
     started: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
@@ -243,3 +246,10 @@ def print_table(cells: list[CellResult], out: TextIO) -> None:
         for f in c.failures:
             tag = f"known: {f.known_reason[:70]}..." if f.known else "FAILED"
             out.write(f"  {c.name}: {f.kind}: {f.title} (line {f.line}) [{tag}]\n")
+    # Said once per kernel, not once per cell: every cell of a build lacks the same.
+    said: set[str] = set()
+    for c in cells:
+        for line in c.unavailable:
+            if line not in said:
+                said.add(line)
+                out.write(f"  {c.arch}: {line}\n")

@@ -46,8 +46,9 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 # The line guest/init prints for each host key, before CPA-HARNESS-READY. The
 # key must be followed by a space or the line end: matched against a stream
 # (pexpect), the pattern would otherwise match a key cut where the read ended.
-HOSTKEY_RE = re.compile(rb"CPA-HARNESS-HOSTKEY (ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+) "
-                        rb"([A-Za-z0-9+/]+={0,2})(?=\s)")
+HOSTKEY_RE = re.compile(rb"CPA-HARNESS-HOSTKEY (?:nonce=(?P<nonce>\S+) )?"
+                        rb"(?P<type>ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+) "
+                        rb"(?P<key>[A-Za-z0-9+/]+={0,2})(?=\s)")
 HOSTKEY_PREFIX = "CPA-HARNESS-HOSTKEY "
 
 USER = "root"
@@ -124,7 +125,7 @@ def parse_host_key_line(line: str) -> paramiko.PKey:
     text = line.strip()
     if text.startswith(HOSTKEY_PREFIX):
         text = text[len(HOSTKEY_PREFIX):]
-    fields = text.split()
+    fields = [f for f in text.split() if not f.startswith("nonce=")]
     if len(fields) < 2:
         raise InfraError(f"bad host key line from the guest: {line.strip()[:120]!r}",
                          "the guest's init prints 'CPA-HARNESS-HOSTKEY <type> <base64>'")
@@ -140,9 +141,11 @@ def parse_host_key_line(line: str) -> paramiko.PKey:
     return key
 
 
-def host_key_lines(serial: bytes) -> list[str]:
-    """Every host key line guest/init printed in serial output, without the prefix."""
-    return [f"{m.group(1).decode()} {m.group(2).decode()}" for m in HOSTKEY_RE.finditer(serial)]
+def host_key_lines(serial: bytes, nonce: str | None = None) -> list[str]:
+    """Every host key line guest/init printed in serial output, as '<type> <base64>';
+    with `nonce`, only the lines of the boot that carries it."""
+    return [f"{m['type'].decode()} {m['key'].decode()}" for m in HOSTKEY_RE.finditer(serial)
+            if nonce is None or (m["nonce"] or b"").decode() == nonce]
 
 
 # --- the pinned host key ----------------------------------------------------

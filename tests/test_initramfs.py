@@ -440,9 +440,10 @@ def test_init_is_valid_sh_and_prints_the_markers() -> None:
     busyboxes = sorted(bb.glob("root-busybox-static_*/bin/busybox"))
     if busyboxes:
         subprocess.run([str(busyboxes[-1]), "sh", "-n", str(init)], check=True)
-    assert 'echo "CPA-HARNESS-READY boot_id=' in text
-    assert text.count("CPA-HARNESS-READY") == 2      # the comment and the one echo
-    assert 'echo "CPA-HARNESS-HOSTKEY $line"' in text
+    assert 'mark "CPA-HARNESS-READY nonce=$nonce boot_id=' in text
+    assert text.count("CPA-HARNESS-READY") == 2      # the comment and the one mark
+    assert 'mark "CPA-HARNESS-HOSTKEY nonce=$nonce $line"' in text
+    assert 'echo "<11>$*" > /dev/kmsg' in text
     assert "dropbear -R -s -E -p 22" in text
     assert "ip addr add 10.0.2.15/24 dev eth0" in text
     assert "ip route add default via 10.0.2.2" in text

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import kconfig
+from harness import kconfig, kconfig_options
 from harness.arches import ARCHES
 from harness.build import fragments_for
 from harness.errors import UserError
@@ -41,6 +41,20 @@ config DEBUG_FS
 """
 
 
+# No knowledge at all: every option essential, one name each.
+NONE = kconfig_options.parse("")
+KNOWN = kconfig_options.parse("""
+[renamed]
+NEW_PTI = ["OLD_PTI"]
+[gates]
+options = ["SOME_MENU"]
+[wanted.lkdtm]
+title = "LKDTM"
+options = ["LKDTM"]
+without = "selfcheck cannot provoke failures"
+""")
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     (tmp_path / "lib").mkdir()
@@ -75,14 +89,21 @@ def test_apply_replaces_earlier_lines(tmp_path: Path) -> None:
     cfg = tmp_path / ".config"
     cfg.write_text("CONFIG_A=y\n# CONFIG_BUG is not set\nCONFIG_C=y\n")
     merged = kconfig.merge([], ["CONFIG_BUG=y", "# CONFIG_C is not set"])
-    kconfig.apply(cfg, merged)
+    kconfig.apply(cfg, merged, NONE)
     assert kconfig.read_config(cfg) == {"CONFIG_A": "y", "CONFIG_BUG": "y", "CONFIG_C": "n"}
+
+
+def test_apply_writes_every_name_of_a_renamed_option(tmp_path: Path) -> None:
+    cfg = tmp_path / ".config"
+    cfg.write_text("# CONFIG_OLD_PTI is not set\n")
+    kconfig.apply(cfg, kconfig.merge([], ["CONFIG_NEW_PTI=y"]), KNOWN)
+    assert kconfig.read_config(cfg) == {"CONFIG_NEW_PTI": "y", "CONFIG_OLD_PTI": "y"}
 
 
 def test_dropped_option_names_fragment_and_unmet_dependency(tree: Path) -> None:
     merged = kconfig.merge([], ["CONFIG_LKDTM=y", "CONFIG_DEBUG_KERNEL=y"])
     final = {"CONFIG_DEBUG_KERNEL": "y"}       # olddefconfig dropped LKDTM
-    dropped = kconfig.check_survival(merged, final, tree)
+    dropped = kconfig.check_survival(merged, final, tree, NONE).dropped
     assert len(dropped) == 1
     line = dropped[0].line()
     assert line.startswith("CONFIG_LKDTM=y (from --set) did not survive olddefconfig")
@@ -97,18 +118,67 @@ def test_dropped_option_names_fragment_and_unmet_dependency(tree: Path) -> None:
 
 def test_menu_dependency_is_inherited(tree: Path) -> None:
     merged = kconfig.merge([], ["CONFIG_DEBUG_PAGEALLOC=y"])
-    dropped = kconfig.check_survival(merged, {"CONFIG_ARCH_SUPPORTS_DEBUG_PAGEALLOC": "y"}, tree)
+    dropped = kconfig.check_survival(merged, {"CONFIG_ARCH_SUPPORTS_DEBUG_PAGEALLOC": "y"}, tree,
+                                     NONE).dropped
     assert "DEBUG_KERNEL [=n]" in dropped[0].depends
 
 
 def test_unknown_symbol(tree: Path) -> None:
-    dropped = kconfig.check_survival(kconfig.merge([], ["CONFIG_NOPE=y"]), {}, tree)
+    dropped = kconfig.check_survival(kconfig.merge([], ["CONFIG_NOPE=y"]), {}, tree, NONE).dropped
     assert "not defined in this tree's Kconfig" in dropped[0].depends
 
 
 def test_survivor_and_unset_requests_pass(tree: Path) -> None:
     merged = kconfig.merge([], ["CONFIG_DEBUG_KERNEL=y", "# CONFIG_DEBUG_FS is not set"])
-    assert kconfig.check_survival(merged, {"CONFIG_DEBUG_KERNEL": "y"}, tree) == []
+    got = kconfig.check_survival(merged, {"CONFIG_DEBUG_KERNEL": "y"}, tree, NONE)
+    assert (got.dropped, got.unavailable) == ([], [])
+
+
+def test_a_renamed_option_survives_under_either_name(tree: Path) -> None:
+    for asked in ("CONFIG_NEW_PTI=y", "CONFIG_OLD_PTI=y"):
+        merged = kconfig.merge([], [asked])
+        for final in ({"CONFIG_NEW_PTI": "y"}, {"CONFIG_OLD_PTI": "y"}):
+            got = kconfig.check_survival(merged, final, tree, KNOWN)
+            assert (got.dropped, got.unavailable) == ([], []), (asked, final)
+    # ...and when neither name survives, both are named
+    got = kconfig.check_survival(kconfig.merge([], ["CONFIG_NEW_PTI=y"]), {}, tree, KNOWN)
+    assert "under any of its names (NEW_PTI, OLD_PTI)" in got.dropped[0].line()
+
+
+def test_a_gate_the_tree_lacks_is_not_needed(tree: Path) -> None:
+    got = kconfig.check_survival(kconfig.merge([], ["CONFIG_SOME_MENU=y"]), {}, tree, KNOWN)
+    assert (got.dropped, got.unavailable) == ([], [])
+    # a gate the tree defines but dropped is as essential as any option
+    got = kconfig.check_survival(kconfig.merge([], ["CONFIG_RUNTIME_TESTING_MENU=y"]), {}, tree,
+                                 kconfig_options.parse('[gates]\noptions = ["RUNTIME_TESTING_MENU"]'))
+    assert [d.option.name for d in got.dropped] == ["CONFIG_RUNTIME_TESTING_MENU"]
+
+
+def test_a_wanted_option_that_drops_is_unavailable_not_an_error(tree: Path) -> None:
+    merged = kconfig.merge([], ["CONFIG_LKDTM=y", "CONFIG_DEBUG_KERNEL=y"])
+    got = kconfig.check_survival(merged, {"CONFIG_DEBUG_KERNEL": "y"}, tree, KNOWN)
+    assert got.dropped == []
+    [u] = got.unavailable
+    line = u.line("6.1.192")
+    assert line.startswith("LKDTM unavailable on 6.1.192: CONFIG_LKDTM depends on ")
+    assert "RUNTIME_TESTING_MENU [=n]" in line and "selfcheck cannot provoke" in line
+    assert u.to_json()["feature"] == "lkdtm" and u.to_json()["options"] == ["CONFIG_LKDTM"]
+
+
+def test_shipped_knowledge_covers_the_renames_and_features_it_names() -> None:
+    known = kconfig_options.load()
+    assert known.names("PAGE_TABLE_ISOLATION") == ("MITIGATION_PAGE_TABLE_ISOLATION",
+                                                   "PAGE_TABLE_ISOLATION")
+    assert known.feature_of("HARDLOCKUP_DETECTOR_BUDDY").name == "buddy-hardlockup"
+    assert known.feature_of("CPA_DEBUG") is None        # essential
+    assert known.feature_of("DEBUG_PAGEALLOC") is None  # essential
+    # every wanted option is asked for by some shipped fragment
+    from harness.cells import KERNEL_FRAGMENTS
+    asked = {n.removeprefix("CONFIG_") for arch in ARCHES.values()
+             for n in kconfig.merge(fragments_for(arch, list(KERNEL_FRAGMENTS[arch.name])))
+             .options}
+    for f in known.features.values():
+        assert set(f.options) & asked, f.name
 
 
 def test_expressions() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness import kexec
+from harness.serial import new_nonce
 from harness.arches import get_arch
 from harness.errors import UserError
 from harness.initramfs import GUEST_BINARIES  # noqa: F401  (kexec-tools is in the guest)
@@ -89,7 +90,7 @@ def test_kexec_file_load_is_refused_on_i386_before_boot() -> None:
 
 
 def test_the_nonce_replaces_an_earlier_one() -> None:
-    a, b = kexec.new_nonce(), kexec.new_nonce()
+    a, b = new_nonce(), new_nonce()
     assert a != b and len(a) == 16
     first = kexec.next_cmdline("console=ttyS0,115200 panic=-1 nogbpages", a)
     assert first == f"console=ttyS0,115200 panic=-1 nogbpages cpa_harness.nonce={a}"

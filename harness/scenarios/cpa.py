@@ -27,6 +27,7 @@ from harness.known_issues import match as match_known
 from harness.machine import FailureSeen, GuestExited, GuestHang, Machine
 from harness.qemu import AccelChoice, QemuParams, show_command
 from harness.results import CellResult, FailureRecord, Verdict, write_json
+from harness.serial import NONCE_PARAM, new_nonce
 from harness.ssh import free_port
 
 SELFTEST_PERIOD = 30.0
@@ -71,7 +72,7 @@ def qemu_params(cell: Cell, ctx: CellContext, ssh_port: int | None = None) -> Qe
     return QemuParams(arch=cell.arch_params, accel=ctx.accel.accel, cpu=cell.cpu_model,
                       memory_mb=cell.memory_mb, smp=cell.smp, cmdline=cell.cmdline,
                       kernel=ctx.build.image, initrd=ctx.initrd, ssh_port=ssh_port,
-                      numa_nodes=cell.numa_nodes)
+                      numa_nodes=cell.numa_nodes, nonce=new_nonce())
 
 
 def new_result(cell: Cell, ctx: CellContext) -> CellResult:
@@ -82,7 +83,8 @@ def new_result(cell: Cell, ctx: CellContext) -> CellResult:
                       source_id=ctx.build.source_id,
                       build_dir=str(ctx.build.dir), build_cached=ctx.build.cached,
                       config_hash=ctx.build.config_hash, cmdline=cell.cmdline,
-                      durations={"build": ctx.build.seconds})
+                      durations={"build": ctx.build.seconds},
+                      unavailable=ctx.build.unavailable_lines())
 
 
 class KexecFailed(Exception):
@@ -195,6 +197,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         g.close_ssh()
         doc = m.finish()
         res.durations["total"] = time.monotonic() - start
+        res.notes = m.notes
     _fill_from_analysis(res, doc, ctx.known)
     _judge(res, cell, doc)
     return res
@@ -277,7 +280,7 @@ def _close_window(prof: flush.Profiler | None, res: CellResult, label: str,
 def _round_trip(res: CellResult, cell: Cell, ctx: CellContext, g: Guest, t: Timeouts,
                 method: str, n: int) -> None:
     """kexec into the target kernel, prove it runs, and run the CPA scenario in it."""
-    rt = kexec.RoundTrip(method=method, nonce=kexec.new_nonce(), boot_id_before=g.boot_id)
+    rt = kexec.RoundTrip(method=method, nonce=new_nonce(), boot_id_before=g.boot_id)
     res.kexec.append(rt.to_json())
 
     def record() -> None:
@@ -310,7 +313,7 @@ def _round_trip(res: CellResult, cell: Cell, ctx: CellContext, g: Guest, t: Time
         raise KexecFailed(f"no 'Starting new kernel' within {t.command:.0f}s of "
                           f"kexec -e ({method})") from None
     try:
-        rt.boot_id_after = g.boot(t.boot, t.ssh)
+        rt.boot_id_after = g.boot(t.boot, t.ssh, rt.nonce)
     except GuestHang:
         raise KexecFailed(f"the new kernel did not reach its ready marker within "
                           f"{t.boot:.0f}s ({method})") from None
@@ -318,7 +321,7 @@ def _round_trip(res: CellResult, cell: Cell, ctx: CellContext, g: Guest, t: Time
     rt.boot = _boot_index(m)
     _, rt.cmdline_after = g.run("cat /proc/cmdline")
     rt.cmdline_after = rt.cmdline_after.strip()
-    nonce_seen = f"{kexec.NONCE_PARAM}={rt.nonce}" in rt.cmdline_after.split()
+    nonce_seen = f"{NONCE_PARAM}={rt.nonce}" in rt.cmdline_after.split()
     rt.verified = nonce_seen and rt.boot_id_after != rt.boot_id_before
     record()
     if not rt.verified:
