@@ -337,15 +337,16 @@ class Machine:
         marker with its exit status. A line whose begin marker does not come
         back (a lost character, a shell not yet reading) is typed again, up to
         TYPE_ATTEMPTS times in all; its guard (mkdir of a directory named by
-        the command's number) makes a line that was only late run once, however
-        often it was typed. The command ends its own line, so one ending in `&`
-        or a comment still works. The markers are split by
-        quotes in the typed line, so the shell's echo of it cannot match them.
-        Returns the command's number, for `wait_command`.
+        the boot's nonce and the command's number) makes a line that was only
+        late run once, however often it was typed. The command ends its own
+        line, so one ending in `&` or a comment still works. The markers are
+        split by quotes in the typed line, so the shell's echo of it cannot
+        match them. Returns the command's number, for `wait_command`.
         """
         assert self.child is not None
         n = next(self._seq)
-        line = (f"mkdir /tmp/.cpa-harness-{n} 2>/dev/null && {{ echo '@@CPA''-{n}-BEGIN@@'; "
+        line = (f"mkdir /tmp/.cpa-harness-{self.nonce}-{n} 2>/dev/null && "
+                f"{{ echo '@@CPA''-{n}-BEGIN@@'; "
                 f"{command}\recho \"@@CPA\"\"-{n}-END-$?@@\"; }}\r")
         begin = re.compile(rf"@@CPA-{n}-BEGIN@@".encode())
         each = timeout / TYPE_ATTEMPTS

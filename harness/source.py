@@ -23,6 +23,17 @@ from harness.errors import InfraError, UserError
 
 DEBIAN_TARBALLS = "/usr/src"
 DEBIAN_PACKAGE = "linux-source-6.12"
+# The oldest kernels the harness is tested on; older ones lack what it needs.
+SUPPORTED = "5.10 and later (tested: 5.10, 6.1, 6.12)"
+# What a tree must have: the CPA code where the harness reads it, and its self-test.
+CPA_CODE = Path("arch/x86/mm/pat/set_memory.c")
+CPA_DEBUG_RE = re.compile(r"^config CPA_DEBUG\b", re.M)
+ARCHIVE_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar.zst", ".tar", ".deb")
+
+
+def is_archive(path: Path) -> bool:
+    """A Debian linux-source package or a source tarball, given as --tree."""
+    return path.name.endswith(ARCHIVE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -57,8 +68,9 @@ def kernel_version(tree: Path) -> str:
 def check_tree(path_arg: str) -> tuple[Path, str]:
     """The tree's resolved path and kernel version, or a UserError saying why it is none.
 
-    Cheap (no git), so the CLI calls it before any work: a typo in --tree must
-    not leave a run directory behind.
+    Cheap (for a git tree, two `git ls-files`), so the CLI calls it before any
+    work: a typo in --tree must not leave a run directory behind. An archive's
+    version is known only once it is unpacked ("" here).
     """
     try:
         path = Path(path_arg).expanduser().resolve()
@@ -72,17 +84,45 @@ def check_tree(path_arg: str) -> tuple[Path, str]:
                         "give --tree a kernel source directory, or omit it for Debian's "
                         f"{DEBIAN_PACKAGE}")
     if not is_dir:
-        raise UserError(f"kernel tree {path_arg} is not a directory")
+        if is_archive(path) and path.is_file():
+            if not os.access(path, os.R_OK):
+                raise UserError(f"cannot read {path_arg}", "give a readable file")
+            return path, ""
+        raise UserError(f"kernel tree {path_arg} is not a directory",
+                        "give a kernel source directory, a source tarball (.tar.xz, ...) "
+                        "or Debian's linux-source .deb")
     version = kernel_version(path)
     if not version or not has_kconfig:
         raise UserError(f"{path_arg} is not a kernel source tree (no top-level Makefile "
                         "with VERSION, or no arch/x86/Kconfig)",
                         "point --tree at the top of a Linux source checkout")
+    if (path / ".git").exists():
+        check_checkout(path)     # before the rest: missing files can look like an old tree
+    check_supported(path, version)
     return path, version
 
 
-def from_tree(path_arg: str) -> Source:
+def check_supported(tree: Path, version: str) -> None:
+    """A tree too old for the harness gets one line: what is missing, what is supported."""
+    missing = []
+    if not (tree / CPA_CODE).is_file():
+        missing.append(str(CPA_CODE))
+    try:
+        kconfig_debug = (tree / "arch/x86/Kconfig.debug").read_text(errors="replace")
+    except OSError:
+        kconfig_debug = ""
+    if not CPA_DEBUG_RE.search(kconfig_debug):
+        missing.append("CONFIG_CPA_DEBUG in arch/x86/Kconfig.debug")
+    if missing:
+        raise UserError(f"{tree} (Linux {version}) is too old for the harness: it has no "
+                        f"{' and no '.join(missing)}",
+                        f"supported kernels: {SUPPORTED}")
+
+
+def from_tree(path_arg: str, cache: Path | None = None) -> Source:
     path, version = check_tree(path_arg)
+    if is_archive(path) and path.is_file():
+        return from_archive(path, cache or paths.cache_dir())
     if (path / ".git").exists():
         return _git_source(path, version)
     return Source(path, f"dir:{path}", version, None)
@@ -102,6 +142,22 @@ def _git_source(path: Path, version: str) -> Source:
     if dirty:
         return Source(path, f"git:{head}-dirty", version, None)
     return Source(path, f"git:{head}", version, f"git-{head}")
+
+
+def check_checkout(path: Path) -> None:
+    """A half-done checkout (a conflicted merge, files missing from the work tree)
+    builds something no commit holds: named as such, not built."""
+    unmerged = _git(path, "ls-files", "--unmerged").splitlines()
+    if unmerged:
+        names = sorted({ln.split("\t", 1)[-1] for ln in unmerged})
+        raise UserError(f"kernel tree {path} has {len(names)} unmerged file(s) (a conflicted "
+                        f"merge, rebase or cherry-pick), e.g. {names[0]}",
+                        "resolve and commit, or abort it (git merge --abort, ...)")
+    deleted = _git(path, "ls-files", "--deleted").splitlines()
+    if deleted:
+        raise UserError(f"kernel tree {path} is a half checkout: {len(deleted)} tracked "
+                        f"file(s) are missing from the work tree, e.g. {deleted[0]}",
+                        f"restore them (git -C {path} checkout -- .) or commit the deletion")
 
 
 def find_debian_tarball() -> Path:
@@ -137,7 +193,15 @@ def _sha256(path: Path, cache: Path) -> str:
 
 
 def from_debian(cache: Path) -> Source:
-    tarball = find_debian_tarball()
+    return from_archive(find_debian_tarball(), cache)
+
+
+def from_archive(archive: Path, cache: Path) -> Source:
+    """A source tarball, or Debian's linux-source .deb (the tarball inside it),
+    unpacked once into the cache and named by its checksum."""
+    if archive.name.endswith(".deb"):
+        return _from_deb(archive, cache)
+    tarball = archive
     digest = _sha256(tarball, cache)
     dest = cache / "src" / digest[:16]
     stamp = dest / ".cpa-harness-unpacked"
@@ -151,8 +215,49 @@ def from_debian(cache: Path) -> Source:
         raise InfraError(f"unpacked {tarball} in {dest} holds {len(trees)} directories, not one",
                          f"delete {dest} and run again")
     tree = trees[0]
+    version = kernel_version(tree)
+    if not version or not (tree / "arch" / "x86" / "Kconfig").exists():
+        raise UserError(f"{tarball} does not hold a kernel source tree",
+                        "give a Linux source tarball or Debian's linux-source package")
+    check_supported(tree, version)
     return Source(tree, f"tarball:{tarball.name}@sha256:{digest[:16]}",
-                  kernel_version(tree), f"deb-{digest[:16]}")
+                  version, f"deb-{digest[:16]}")
+
+
+def _from_deb(deb: Path, cache: Path) -> Source:
+    """Debian's linux-source-X.Y_*.deb holds usr/src/linux-source-X.Y.tar.xz."""
+    digest = _sha256(deb, cache)
+    dest = cache / "debs-src" / digest[:16]
+    with paths.locked(dest.with_name(dest.name + ".lock")):
+        found = sorted(dest.glob("usr/src/linux-source-*.tar.*")) if dest.exists() else []
+        if not found:
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=_mkdirs(dest.parent)))
+            print(f"extracting the source tarball from {deb} (once)", flush=True)
+            # dpkg-deb --fsys-tarfile | tar: no root, no dpkg database touched
+            with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) as dpkg:
+                r = subprocess.run(["tar", "-x", "-C", str(tmp), "--wildcards",
+                                    "./usr/src/linux-source-*.tar.*"],
+                                   stdin=dpkg.stdout, capture_output=True, text=True,
+                                   timeout=1800)
+                err = dpkg.stderr.read().decode(errors="replace") if dpkg.stderr else ""
+            if dpkg.returncode != 0 or r.returncode != 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                why = (err.strip() or r.stderr.strip() or "no usr/src/linux-source-*.tar.* in it")
+                raise UserError(f"{deb} is not Debian's linux-source package: "
+                                f"{why.splitlines()[-1][:200]}",
+                                "give linux-source-X.Y_*.deb, a source tarball or a tree")
+            tmp.rename(dest)
+            found = sorted(dest.glob("usr/src/linux-source-*.tar.*"))
+    tarball = found[-1]
+    src = from_archive(tarball, cache)
+    return Source(src.path, f"deb:{deb.name}@sha256:{digest[:16]}", src.version, src.cache_key)
+
+
+def _mkdirs(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _unpack(tarball: Path, dest: Path) -> None:
@@ -173,7 +278,7 @@ def _unpack(tarball: Path, dest: Path) -> None:
 
 
 def resolve(tree: str | None, cache: Path) -> Source:
-    return from_tree(tree) if tree else from_debian(cache)
+    return from_tree(tree, cache) if tree else from_debian(cache)
 
 
 def patch_files(args: list[str]) -> list[Path]:

@@ -42,3 +42,15 @@ def guest_command(run_dir: Path, cell: str, command: str) -> subprocess.Popen[by
     return subprocess.Popen([sys.executable, "-m", "harness", "ssh", str(run_dir), "--cell", cell,
                              "--", "sh", "-c", command],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def fake_kernel_tree(tree: Path, version: str = "6.12.117") -> Path:
+    """The few files that make a directory a kernel tree the harness supports."""
+    major, minor, *sub = version.split(".")
+    (tree / "arch" / "x86" / "mm" / "pat").mkdir(parents=True)
+    (tree / "arch" / "x86" / "Kconfig").write_text("")
+    (tree / "arch" / "x86" / "Kconfig.debug").write_text("config CPA_DEBUG\n\tbool\n")
+    (tree / "arch" / "x86" / "mm" / "pat" / "set_memory.c").write_text("")
+    (tree / "Makefile").write_text(f"VERSION = {major}\nPATCHLEVEL = {minor}\n"
+                                   f"SUBLEVEL = {sub[0] if sub else 0}\nEXTRAVERSION =\n")
+    return tree

@@ -10,14 +10,15 @@ still a log, so `parse` analyses it and says what it found.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import fake_kernel_tree
 
 from harness import build, run, source
 from harness.cli import main
@@ -361,10 +362,7 @@ def test_odd_logs_are_still_logs(log: str, code: int, needle: str, bad: Path,
 
 
 def _fake_tree(d: Path) -> Path:
-    (d / "arch" / "x86").mkdir(parents=True)
-    (d / "arch" / "x86" / "Kconfig").write_text("")
-    (d / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 0\n")
-    return d
+    return fake_kernel_tree(d, "6.12")
 
 
 @pytest.mark.parametrize("cmdline", [

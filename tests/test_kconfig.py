@@ -41,6 +41,7 @@ config DEBUG_FS
 """
 
 
+GATE_ONLY = "[gates]\noptions = [\"RUNTIME_TESTING_MENU\"]"
 # No knowledge at all: every option essential, one name each.
 NONE = kconfig_options.parse("")
 KNOWN = kconfig_options.parse("""
@@ -150,7 +151,7 @@ def test_a_gate_the_tree_lacks_is_not_needed(tree: Path) -> None:
     assert (got.dropped, got.unavailable) == ([], [])
     # a gate the tree defines but dropped is as essential as any option
     got = kconfig.check_survival(kconfig.merge([], ["CONFIG_RUNTIME_TESTING_MENU=y"]), {}, tree,
-                                 kconfig_options.parse('[gates]\noptions = ["RUNTIME_TESTING_MENU"]'))
+                                 kconfig_options.parse(GATE_ONLY))
     assert [d.option.name for d in got.dropped] == ["CONFIG_RUNTIME_TESTING_MENU"]
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from harness import kexec
-from harness.serial import new_nonce
 from harness.arches import get_arch
 from harness.errors import UserError
 from harness.initramfs import GUEST_BINARIES  # noqa: F401  (kexec-tools is in the guest)
+from harness.serial import new_nonce
 
 DATA = Path(__file__).parent / "data" / "kexec"
 X86_64, I386, I386_PAE = get_arch("x86_64"), get_arch("i386"), get_arch("i386-pae")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -10,16 +11,67 @@ import pexpect
 import pytest
 
 from harness.arches import get_arch
-from harness.machine import CellDeadline, GuestExited, GuestHang, Machine
+from harness.machine import CellDeadline, GuestExited, GuestHang, Machine, _Tee
 from harness.qemu import QemuParams
+from harness.serial import new_nonce
 
 
 def machine(tmp_path: Path, program: str, *args: str) -> Machine:
+    """A Machine whose 'guest' is a local program on a pty, its output logged and
+    parsed as QEMU's would be."""
     arch = get_arch("x86_64")
     m = Machine(QemuParams(arch=arch, accel="tcg", cpu="max", memory_mb=64, smp=1, cmdline="",
-                           kernel=Path("/none"), initrd=Path("/none")), tmp_path / "serial.log")
+                           kernel=Path("/none"), initrd=Path("/none"), nonce=new_nonce()),
+                tmp_path / "serial.log")
     m.child = pexpect.spawn(program, list(args), timeout=None, echo=False)
+    m._log = open(m.serial_log, "wb")
+    m.child.logfile_read = _Tee(m._log, m)
+    m.started = time.monotonic()
     return m
+
+
+UART = Path(__file__).with_name("uart.py")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_serial_commands_survive_kernel_records_mid_line(tmp_path: Path, seed: int) -> None:
+    m = machine(tmp_path, sys.executable, str(UART), "9", str(seed))
+    for n in range(15):
+        status, out = m.run(f"echo out-{n}-$((6*7)); false", 30)
+        assert (status, out) == (1, f"out-{n}-42")
+    # The records really did split the markers and the output in the raw log
+    # (a marker line broken by '[') -- and every command was still read right.
+    log = m.serial_log.read_bytes()
+    split = re.findall(rb"@@CPA-\d*-?[A-Z]*-?\d*@?\[", log) + re.findall(rb"out-[\d-]*\[", log)
+    assert len(split) >= 5, log[:2000]
+    assert m.notes == []
+    m.kill()
+
+
+def test_a_lost_command_is_typed_again_and_runs_once(tmp_path: Path) -> None:
+    # The first line typed never reaches the shell (read and thrown away).
+    count = tmp_path / "count"
+    m = machine(tmp_path, "sh", "-c", "read -r lost; exec sh")
+    status, out = m.run(f"echo x >> {count}; echo done", 6)
+    assert (status, out) == (0, "done")
+    assert len(m.notes) == 1 and "typed it again (2/3)" in m.notes[0]
+    # A line that was only late runs once, however often it was typed.
+    m2 = machine(tmp_path, "sh", "-c", "sleep 4; exec sh")
+    status, out = m2.run(f"echo y >> {count}", 9)
+    assert status == 0
+    time.sleep(1)
+    assert count.read_text() == "x\ny\n"
+    assert len(m2.notes) >= 1
+    m.kill()
+    m2.kill()
+
+
+def test_a_command_that_never_starts_is_a_hang_after_every_attempt(tmp_path: Path) -> None:
+    m = machine(tmp_path, "sh", "-c", "cat > /dev/null")
+    with pytest.raises(GuestHang, match="typed 3 times"):
+        m.run("true", 3)
+    assert len(m.notes) == 2
+    m.kill()
 
 
 def test_a_wait_ends_at_its_own_deadline_as_a_hang(tmp_path: Path) -> None:
