@@ -80,6 +80,7 @@ def render(summary: dict[str, Any], cells: list[CellResult]) -> str:
         "</head><body>",
         _header(summary),
         _verdict_table(cells),
+        _unavailable(cells),
         _failures(cells),
         _direct_maps(cells),
         _flush_section(cells),
@@ -175,6 +176,20 @@ def _verdict_table(cells: list[CellResult]) -> str:
     return (f'<section id="verdicts"><h2>Verdicts</h2>'
             f'<table class="verdicts"><thead>{head}</thead><tbody>{rows}</tbody></table>'
             f"</section>")
+
+
+def _unavailable(cells: list[CellResult]) -> str:
+    """Wanted kernel features the trees could not give, once per arch and line."""
+    seen: dict[tuple[str, str], None] = {}
+    for c in cells:
+        for line in c.unavailable if isinstance(c.unavailable, list) else []:
+            seen[(c.arch, str(line))] = None
+    if not seen:
+        return ""
+    items = "".join(f'<li class="unavailable"><b>{_e(arch)}</b>: {_e(line)}</li>'
+                    for arch, line in seen)
+    return (f'<section id="unavailable"><h2>Unavailable in these kernels</h2>'
+            f"<ul>{items}</ul></section>")
 
 
 # -- failures ----------------------------------------------------------------

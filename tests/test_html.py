@@ -95,6 +95,10 @@ class TreeBuilder(HTMLParser):
         self.stack[-1].children.append(data)
 
 
+UNAVAILABLE = ("the buddy hard-lockup detector unavailable on 6.1.192: "
+               "CONFIG_HARDLOCKUP_DETECTOR_BUDDY not defined in this tree's Kconfig")
+
+
 def parse(text: str) -> Node:
     b = TreeBuilder()
     b.feed(text)
@@ -178,7 +182,7 @@ def make_variant(run: Path) -> Path:
 
     partial = sample_cell()
     partial.update(name=PARTIAL, arch="i386", failures=[], kexec=[], verdict="pass",
-                   reason="",
+                   reason="", unavailable=[UNAVAILABLE],
                    stats={"boot": {"ptdump": {"DirectMap4k": 4096, "DirectMap4M": 905216,
                                               "runs": 3}}})
     add_cell(run, PARTIAL, partial)
@@ -316,6 +320,12 @@ def test_cells_with_less_data(variant_dom: Node) -> None:
     assert bars(variant_dom, PARTIAL) == {("boot", "4M"): 905216, ("boot", "4k"): 4096}
     [svg] = variant_dom.find_all("svg", class_="directmap", data_cell=PARTIAL)
     assert "no statistics" in svg.text()
+
+
+def test_unavailable_features_are_shown(variant_dom: Node, sample_dom: Node) -> None:
+    [item] = variant_dom.find_all("li", class_="unavailable")
+    assert item.text() == f"i386: {UNAVAILABLE}"
+    assert not sample_dom.find_all("li", class_="unavailable")
 
 
 def test_screenshot(variant_run: Path, tmp_path: Path) -> None:

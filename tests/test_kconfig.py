@@ -205,3 +205,20 @@ def test_shipped_fragments_parse_and_agree() -> None:
 def test_unknown_fragment_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown config fragment 'nope'"):
         kconfig.fragment_path("nope")
+
+
+def test_docs_name_every_essential_option_and_wanted_feature() -> None:
+    """docs/kconfig.md says why each essential option is essential: it must list them all."""
+    from harness.cells import KERNEL_FRAGMENTS
+    from harness.paths import PROJECT_ROOT
+    doc = (PROJECT_ROOT / "docs" / "kconfig.md").read_text()
+    known = kconfig_options.load()
+    for arch in ARCHES.values():
+        for name, opt in kconfig.merge(fragments_for(arch,
+                                                     list(KERNEL_FRAGMENTS[arch.name]))).options.items():
+            sym = name.removeprefix("CONFIG_")
+            if opt.value == "n" or known.is_gate(sym):
+                continue
+            assert f"`{sym}`" in doc, sym
+    for f in known.features.values():
+        assert f"| {f.name} |" in doc, f.name
