@@ -54,3 +54,14 @@ def fake_kernel_tree(tree: Path, version: str = "6.12.117") -> Path:
     (tree / "Makefile").write_text(f"VERSION = {major}\nPATCHLEVEL = {minor}\n"
                                    f"SUBLEVEL = {sub[0] if sub else 0}\nEXTRAVERSION =\n")
     return tree
+
+
+def as_from_a_terminal() -> None:
+    """preexec_fn for a child a test will signal: SIGINT and SIGQUIT at their
+    defaults, as a terminal starts a program. A background job of a
+    non-interactive shell (`nohup ... &`, CI runners) starts with them ignored,
+    the child inherits that, and the harness rightly keeps an ignored SIGINT
+    ignored -- so a test that sends SIGINT must not depend on how it was started."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import as_from_a_terminal
 
 from harness import qmp
 from harness.proc import die_with_parent
@@ -42,7 +43,7 @@ def start(tmp: Path, code: bytes, *extra: str) -> tuple[subprocess.Popen[bytes],
             "-display", "none", "-no-reboot", "-bios", str(firmware(tmp, code)),
             "-qmp", f"unix:{sock},server=on,wait=on", "-S", *extra]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=die_with_parent)
+                            preexec_fn=lambda: (die_with_parent(), as_from_a_terminal()))
     mon = qmp.Monitor(sock, tmp / "qmp.jsonl")
     mon.start(alive=lambda: proc.poll() is None)
     return proc, mon

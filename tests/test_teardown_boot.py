@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import qemu_pids
+from helpers import as_from_a_terminal, qemu_pids
 
 pytestmark = pytest.mark.boot
 
@@ -25,7 +25,8 @@ def start_boot(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     marker = f"cpa_teardown={secrets.token_hex(4)}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "boot", "--arch", "i386", "--cmdline", marker,
-         "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+         "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=as_from_a_terminal)
     serial = tmp_path / "cells" / "i386-boot" / "serial.log"
     deadline = time.monotonic() + 900     # includes building the kernel if not cached
     while time.monotonic() < deadline:
