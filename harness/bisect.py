@@ -46,6 +46,7 @@ class Step:
     result_dir: str
     checked: str = ""           # "good"/"bad" for the two runs before bisecting
     patches: list[str] = field(default_factory=list)    # applied on top for this step
+    dropped: list[str] = field(default_factory=list)    # essential options this revision lacks
 
 
 @dataclass
@@ -113,7 +114,9 @@ def answer(res: CellResult, wanted: str | None) -> int:
     if res.verdict == Verdict.PASS:
         return GOOD
     if res.verdict == Verdict.USER_ERROR:
-        return ABORT
+        # A revision whose Kconfig cannot give an essential option (older than
+        # the option, or past its removal) cannot be tested: skipped, named.
+        return SKIP if res.dropped_options else ABORT
     # build_dir is set once the kernel compiled: a build that does not is skipped
     if res.verdict == Verdict.FAIL and res.build_dir and (wanted is None
                                                           or signature(res) == wanted):
@@ -155,7 +158,7 @@ def run_step(tree: Path, run_cell: RunCell, wanted: str | None, steps_dir: Path,
     step = Step(rev, subject, {GOOD: "good", BAD: "bad", SKIP: "skip"}.get(code, "abort"),
                 res.verdict.value, res.reason or signature(res), round(build_s, 1),
                 round(time.monotonic() - start - build_s, 1), str(out),
-                patches=[str(p) for p in patches or []])
+                patches=[str(p) for p in patches or []], dropped=list(res.dropped_options))
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as f:

@@ -23,7 +23,7 @@ from typing import Any
 
 from harness import elf, kconfig, kconfig_options, paths
 from harness.arches import Arch
-from harness.errors import BuildError, InfraError, UserError
+from harness.errors import BuildError, InfraError, OptionsDropped, UserError
 from harness.proc import die_with_parent, kill_group
 from harness.source import Source
 
@@ -311,10 +311,12 @@ def _configure(req: BuildRequest, merged: kconfig.Merged,
                                       known)
     if survival.dropped:
         lines = "\n  ".join(d.line() for d in survival.dropped)
-        raise UserError(f"{len(survival.dropped)} essential option(s) did not survive "
-                        f"olddefconfig for {req.arch.name} on {req.source.version}:\n  {lines}",
-                        "enable the dependencies too, or drop the option from the fragment "
-                        "(docs/kconfig.md lists the essential options)")
+        raise OptionsDropped(f"{len(survival.dropped)} essential option(s) did not survive "
+                             f"olddefconfig for {req.arch.name} on {req.source.version}:\n"
+                             f"  {lines}",
+                             "enable the dependencies too, or drop the option from the "
+                             "fragment (docs/kconfig.md lists the essential options)",
+                             tuple(d.option.name for d in survival.dropped))
     return config, survival
 
 

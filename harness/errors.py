@@ -28,6 +28,15 @@ class UserError(HarnessError):
     exit_code = 2
 
 
+class OptionsDropped(UserError):
+    """Essential Kconfig options this tree cannot give (it lacks them, or their
+    dependencies): the kernel would not be the one the cell asks for."""
+
+    def __init__(self, message: str, hint: str = "", options: tuple[str, ...] = ()) -> None:
+        super().__init__(message, hint)
+        self.options = options
+
+
 class InfraError(HarnessError):
     """The host failed us: QEMU missing or crashed, no disk space, no packages."""
 

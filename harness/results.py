@@ -97,6 +97,7 @@ class CellResult:
     # Wanted kernel features the tree could not give ("LKDTM unavailable on 6.1: ...")
     unavailable: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)     # what the harness had to do again
+    dropped_options: list[str] = field(default_factory=list)   # essential, not in this tree
     started: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:

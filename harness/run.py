@@ -26,7 +26,7 @@ from typing import Any, TextIO, TypeVar, cast
 from harness import build as kbuild
 from harness import initramfs, kexec, machine, qemu, runtime, source
 from harness.cells import Cell
-from harness.errors import BuildError, HarnessError
+from harness.errors import BuildError, HarnessError, OptionsDropped
 from harness.known_issues import KnownIssue
 from harness.results import CellResult, Verdict, write_cell, write_summary
 from harness.scenarios import cpa, selfcheck
@@ -321,7 +321,8 @@ def _error_result(cell: Cell, e: HarnessError) -> CellResult:
     else:
         verdict = Verdict.USER_ERROR if e.exit_code == 2 else Verdict.INFRA_ERROR
         reason = e.line()
-    return CellResult(name=cell.name, arch=cell.arch, verdict=verdict, reason=reason)
+    return CellResult(name=cell.name, arch=cell.arch, verdict=verdict, reason=reason,
+                      dropped_options=list(e.options) if isinstance(e, OptionsDropped) else [])
 
 
 SCENARIOS: dict[str, Callable[[Cell, cpa.CellContext], CellResult]] = {

@@ -127,6 +127,10 @@ def test_step_answers() -> None:
     assert bisect.answer(infra, None) == bisect.SKIP
     user = CellResult(name="c", arch="x86_64", verdict=Verdict.USER_ERROR)
     assert bisect.answer(user, None) == bisect.ABORT
+    # a revision that cannot give an essential option is skipped, not a reason to stop
+    lacks = CellResult(name="c", arch="x86_64", verdict=Verdict.USER_ERROR,
+                       dropped_options=["CONFIG_MITIGATION_PAGE_TABLE_ISOLATION"])
+    assert bisect.answer(lacks, None) == bisect.SKIP
 
 
 def test_patches_are_applied_for_each_run_and_taken_off_after(repo: Path,
