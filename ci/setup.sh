@@ -8,9 +8,11 @@ export DEBIAN_FRONTEND=noninteractive
 # Host tools: the kernel's build system, QEMU, Debian's kernel source.
 HOST_PACKAGES=(make gcc binutils bc flex bison perl libelf-dev libssl-dev xz-utils git
                cpio qemu-system-x86 linux-source-6.12 ca-certificates)
-# The tests also open the HTML report in a real browser: `ci/setup.sh --test`.
+# The tests also open the HTML report in a real browser (`ci/setup.sh --test`),
+# and builds and boots a cell on Debian 12's own 6.1 source, so that version
+# drift is caught at every change.
 if [[ "${1:-}" == "--test" ]]; then
-    HOST_PACKAGES+=(chromium fonts-liberation)
+    HOST_PACKAGES+=(chromium fonts-liberation linux-source-6.1)
 fi
 # Guest userspace, for both guest arches (the harness downloads them itself;
 # these are only checked for availability).

@@ -33,6 +33,7 @@ from harness.errors import InfraError
 from harness.initramfs import build_initramfs
 from harness.machine import Machine
 from harness.qemu import QemuParams
+from harness.serial import new_nonce
 from harness.ssh import (
     HOSTKEY_RE,
     GuestSsh,
@@ -179,7 +180,8 @@ def guest(request: pytest.FixtureRequest,
     initrd = build_initramfs(arch, paths.cache_dir(), authorized_key=pub)
     port = free_port()
     params = QemuParams(arch=arch, accel="tcg", cpu=arch.cpu, memory_mb=1024, smp=2,
-                        cmdline="", kernel=kernel, initrd=initrd, ssh_port=port)
+                        cmdline="", kernel=kernel, initrd=initrd, ssh_port=port,
+                        nonce=new_nonce())
     m = Machine(params, work / "serial.log", is_fatal=lambda f, k: False)
     ssh = GuestSsh()
     try:
@@ -187,7 +189,8 @@ def guest(request: pytest.FixtureRequest,
         # Printed just before dropbear starts: connecting now meets a port
         # QEMU accepts while nothing in the guest listens yet.
         hk = m.wait_for(HOSTKEY_RE, BOOT_TIMEOUT, "the guest's host key line")
-        line = f"{hk.group(1).decode()} {hk.group(2).decode()}"
+        assert hk["nonce"].decode() == params.nonce
+        line = f"{hk['type'].decode()} {hk['key'].decode()}"
         start = time.monotonic()
         with Drain(m):
             ssh.connect(port=port, key_path=key, host_key_line=line,
