@@ -179,16 +179,18 @@ def _verdict_table(cells: list[CellResult]) -> str:
 
 
 def _unavailable(cells: list[CellResult]) -> str:
-    """Wanted kernel features the trees could not give, once per arch and line."""
+    """Wanted kernel features the trees could not give, and what the harness
+    could not check on their versions, once per arch and line."""
     seen: dict[tuple[str, str], None] = {}
     for c in cells:
-        for line in c.unavailable if isinstance(c.unavailable, list) else []:
-            seen[(c.arch, str(line))] = None
+        for lines in (c.unavailable, c.unchecked):
+            for line in lines if isinstance(lines, list) else []:
+                seen[(c.arch, str(line))] = None
     if not seen:
         return ""
     items = "".join(f'<li class="unavailable"><b>{_e(arch)}</b>: {_e(line)}</li>'
                     for arch, line in seen)
-    return (f'<section id="unavailable"><h2>Unavailable in these kernels</h2>'
+    return (f'<section id="unavailable"><h2>Unavailable or not checked in these kernels</h2>'
             f"<ul>{items}</ul></section>")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import flush, kexec, runtime, stats
+from harness import flush, kernel_facts, kexec, runtime, stats
 from harness.build import Build
 from harness.cells import Cell
 from harness.console import Failure
@@ -84,7 +84,8 @@ def new_result(cell: Cell, ctx: CellContext) -> CellResult:
                       build_dir=str(ctx.build.dir), build_cached=ctx.build.cached,
                       config_hash=ctx.build.config_hash, cmdline=cell.cmdline,
                       durations={"build": ctx.build.seconds},
-                      unavailable=ctx.build.unavailable_lines())
+                      unavailable=ctx.build.unavailable_lines(),
+                      unchecked=kernel_facts.unchecked(ctx.build.version))
 
 
 class KexecFailed(Exception):

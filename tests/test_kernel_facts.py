@@ -1,0 +1,34 @@
+"""Expectations by kernel version: what a cell on an older kernel cannot check."""
+
+from __future__ import annotations
+
+from harness import kernel_facts
+
+
+def names(version: str) -> set[str]:
+    return {f.name for f in kernel_facts.load() if not f.holds_for(version)}
+
+
+def test_the_tested_trees() -> None:
+    assert names("6.12.117") == set()
+    assert names("6.1.192") == set()
+    # 5.10 has no direct-map split counters in vmstat and no W^X check in CPA
+    assert names("5.10.223") == {"vmstat-splits", "verify-rwx"}
+    [line, _] = kernel_facts.unchecked("5.10.223")
+    assert line.startswith("the direct-map split counters and their deltas: not checked on "
+                           "5.10.223 (direct_map_level2_splits")
+    assert line.endswith("is known for 6.1 on)")
+
+
+def test_newer_and_older_kernels() -> None:
+    assert names("6.18.0-rc3") == set()          # ranges without an end stay open
+    assert names("5.4.0") == {f.name for f in kernel_facts.load()}
+    assert len(kernel_facts.unchecked("")) == len(kernel_facts.load())   # unknown version
+
+
+def test_an_upper_bound() -> None:
+    facts = kernel_facts.parse('[[fact]]\nname = "x"\nwhat = "X"\nsince = "5.10"\n'
+                               'until = "6.9"\nchecks = "x things"\n')
+    assert kernel_facts.unchecked("6.8.1", facts) == []
+    assert kernel_facts.unchecked("6.9", facts) == [
+        "x things: not checked on 6.9 (X is known for 5.10 to before 6.9)"]
