@@ -283,10 +283,15 @@ class Machine:
         backstop = self.cell_deadline is not None and self.cell_deadline < deadline
         if backstop:
             deadline = self.cell_deadline or deadline
-        start = self._cursor
+        start = searched = self._cursor
         while True:
             self._check_fatal()
-            m = self._search(pattern, start)
+            # Markers are single lines: only lines completed since the last
+            # look can hold a new match, so a guest printing without end costs
+            # each byte one search.
+            end = self.view.end
+            m = self._search(pattern, start, searched)
+            searched = end
             if m is not None:
                 return m
             left = deadline - time.monotonic()
@@ -309,14 +314,16 @@ class Machine:
                 self._handle(self.parser.flush())
                 self.child.close()
                 self._check_fatal()
-                m = self._search(pattern, start)
+                m = self._search(pattern, start, searched)
                 if m is not None:       # in QEMU's last words
                     return m
                 raise GuestExited(what, self.exit_status(), self.ending()) from None
 
-    def _search(self, pattern: re.Pattern[bytes], start: int) -> re.Match[bytes] | None:
-        """A match in the newest output since `start`; `before` and the cursor follow it."""
-        m = self.view.search(pattern, max(start, self.view.end - SEARCH_WINDOW))
+    def _search(self, pattern: re.Pattern[bytes], start: int,
+                since: int) -> re.Match[bytes] | None:
+        """A match in the lines from `since` on (within the newest SEARCH_WINDOW);
+        `before` (from `start`) and the cursor follow it."""
+        m = self.view.search(pattern, max(since, self.view.end - SEARCH_WINDOW))
         if m is not None:
             self.before = self.view.between(start, self.view.offset(m, "start"))
             self._cursor = self.view.offset(m)
