@@ -75,18 +75,10 @@ class Build:
         return next((u for u in self.unavailable if u["feature"] == feature), None)
 
     def unavailable_lines(self) -> list[str]:
-        return [unavailable_line(u, self.version) for u in self.unavailable]
+        return [kconfig.unavailable_line(u, self.version) for u in self.unavailable]
 
     def config_text(self) -> str:
         return self.config.read_text(errors="replace")
-
-
-def unavailable_line(u: dict[str, Any], version: str) -> str:
-    """'LKDTM unavailable on 6.1: CONFIG_LKDTM ...' from a recorded Unavailable."""
-    why = (u.get("why") or ["?"])[0]
-    options = u.get("options") or ["?"]
-    return (f"{u.get('title', u.get('feature'))} unavailable on {version or 'this tree'}: "
-            f"{options[0]} {why}; {u.get('without', '')}")
 
 
 def fragments_for(arch: Arch, names: list[str]) -> tuple[Path, ...]:

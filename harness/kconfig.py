@@ -187,15 +187,22 @@ class Unavailable:
     dropped: tuple[Dropped, ...]
 
     def line(self, version: str) -> str:
-        d = self.dropped[0]
-        return (f"{self.feature.title} unavailable on {version or 'this tree'}: "
-                f"{d.option.name} {d.depends}; {self.feature.without}")
+        return unavailable_line(self.to_json(), version)
 
     def to_json(self) -> dict[str, Any]:
         return {"feature": self.feature.name, "title": self.feature.title,
                 "without": self.feature.without,
                 "options": [d.option.name for d in self.dropped],
                 "why": [d.depends for d in self.dropped]}
+
+
+def unavailable_line(u: dict[str, Any], version: str) -> str:
+    """'LKDTM unavailable on 6.1.192: CONFIG_LKDTM depends on ...; what is lost', from
+    an Unavailable's JSON (as build records keep it)."""
+    why = (u.get("why") or ["?"])[0]
+    options = u.get("options") or ["?"]
+    return (f"{u.get('title', u.get('feature'))} unavailable on {version or 'this tree'}: "
+            f"{options[0]} {why}; {u.get('without', '')}")
 
 
 @dataclass

@@ -57,6 +57,10 @@ class HeaderSpec:
     # A follow-up of an earlier report of these kinds, not a failure of its own.
     follows: frozenset[str] = frozenset()
     follow_window: int | None = None
+    # A one-line report printed in the middle of other output (another report's
+    # stack walk, say): it is a failure of its own but does not end the report
+    # open in its context.
+    interjects: bool = False
     # A header line as the kernel prints it (tests and docs).
     example: str = ""
 
@@ -82,6 +86,23 @@ LOCKDEP_HEADERS = (
     r"|BUG: MAX_\w+ too low!|BUG: key \S+ has not been registered!"
     r"|BUG: looking up invalid subclass"
 )
+
+# kernel/panic.c __warn(), three generations of its first line:
+#   "WARNING: CPU: %d PID: %d at %s:%d %pS" (3.x to 6.18),
+#   "WARNING: %s:%d at %pS, CPU#%d: %s/%d" (6.19 on, "bugs/core: Reorganize fields
+#   in the first line of WARNING output"; with DEBUG_BUGVERBOSE_DETAILED the file
+#   follows the WARN's condition in brackets; %pS prints 0x0 when the trap gives
+#   __warn() no caller address, and the function is then only in the RIP line),
+#   "WARNING: at %s:%d %pS()" (2.6).
+# The first two have no-file variants, "... at %pS" and "WARNING: at %pS, CPU#...".
+WARNING_HEADER = r"WARNING: (?:CPU: \d+ PID: \d+ at |(?=.*, CPU#\d+: )|at )(?P<where>.*)"
+# The task a WARNING line names, to tell its own `CPU: ... PID:` line from one of
+# another report printed in the middle of it.
+WARNING_PID = re.compile(
+    r"WARNING: (?:CPU: \d+ PID: (?P<pid>\d+) at |.*, CPU#\d+: .*/(?P<pid2>\d+)\s*$)")
+# dump_stack_print_info(): "CPU: %d UID: %u PID: %d Comm: %.20s ..." (6.10 on),
+# "CPU: %d PID: %d Comm: %.20s ..." before.
+TASK_INFO = re.compile(r"CPU: \d+ (?:UID: \d+ )?PID: (?P<pid>\d+) Comm: ")
 
 HEADERS: tuple[HeaderSpec, ...] = (
     # arch/x86/mm/pat/cpa-test.c
@@ -159,9 +180,9 @@ HEADERS: tuple[HeaderSpec, ...] = (
         "oops", End.MARKER, needle="[#",
         example="Oops: general protection fault, probably for non-canonical address "
                 "0xdead000000000100: 0000 [#1] PREEMPT SMP NOPTI"),
-    # kernel/panic.c __warn()
+    # kernel/panic.c __warn() (WARNING_HEADER above)
     HeaderSpec(
-        "warning", _re(r"WARNING: (?:CPU: \d+ PID: \d+ at |at )(?P<where>.*)"), "warning",
+        "warning", _re(WARNING_HEADER), "warning",
         # Before 4.x the WARN() message came after the WARNING line.
         End.MARKER, Pre.CUT_HERE, _set("list_corruption", "wx_found", "cpa_not_passed"),
         starts="W",
@@ -184,7 +205,9 @@ HEADERS: tuple[HeaderSpec, ...] = (
         Pre.RULE, trace_from_header=True, starts="B",
         example="BUG: KMSAN: uninit-value in frob_check+0x1c/0x60"),
     HeaderSpec(
-        "kcsan", _re(r"BUG: KCSAN: (?P<what>[\w-]+) in (?P<func>\S+)(?: / (?P<func2>\S+))?"),
+        # "data-race", or "assert: race" for an ASSERT_EXCLUSIVE_*() that failed
+        "kcsan",
+        _re(r"BUG: KCSAN: (?P<what>assert: race|[\w-]+) in (?P<func>\S+)(?: / (?P<func2>\S+))?"),
         "kcsan", End.RULE, Pre.RULE,
         trace_start=_re(r"(?:race at unknown origin, with )?[\w -]+ to 0x[0-9a-f]+ "
                         r"of \d+ bytes by .* on cpu \d+:"),
@@ -202,9 +225,13 @@ HEADERS: tuple[HeaderSpec, ...] = (
         "rcu_stall", _re(r"(?:rcu: )?INFO: \S*rcu\S* (?:self-)?detected (?:expedited )?stalls?"),
         "rcu_stall", End.TRACE, pre_trace_limit=400, starts="rI",
         example="rcu: INFO: rcu_preempt self-detected stall on CPU"),
+    # "INFO: task %s:%d blocked%s for more than %ld seconds.", %s being " in I/O
+    # wait" for a task in io_schedule() (7.1 on, "hung_task: explicitly report I/O
+    # wait state in log output"), empty before
     HeaderSpec(
-        "hung_task", _re(r"INFO: task .+:\d+ blocked for more than \d+ seconds"), "hung_task",
-        End.TRACE, pre_trace_limit=40, starts="I",
+        "hung_task",
+        _re(r"INFO: task .+:\d+ blocked(?: in I/O wait)? for more than \d+ seconds"),
+        "hung_task", End.TRACE, pre_trace_limit=40, starts="I",
         example="INFO: task kworker/0:1:12 blocked for more than 122 seconds."),
     # kernel/locking/lockdep.c, lib/locking-selftest.c
     HeaderSpec(
@@ -254,6 +281,29 @@ HEADERS: tuple[HeaderSpec, ...] = (
             r"Kill(?:ed)? process"),
         "oom", End.SINGLE, starts="MOo", follows=_set("oom"), follow_window=50000,
         example="Out of memory: Killed process 91 (hog) total-vm:123456kB, anon-rss:120000kB"),
+    # net/core/dev.c netdev_wait_allrefs_any(): every 10 s while a net_device being
+    # unregistered still has references (2.6 on; with NET_DEV_REFCNT_TRACKER, 5.17
+    # on, the holders' stacks follow). Repeats are the same failure, and it does
+    # not end a report it is printed in the middle of (syzkaller agrees).
+    HeaderSpec(
+        "netdev_refcount",
+        _re(r"unregister_netdevice: waiting for (?P<dev>\S+) to become free\. "
+            r"Usage count = -?\d+"),
+        "netdev_refcount", End.SINGLE, starts="u", follows=_set("netdev_refcount"),
+        interjects=True,
+        example="unregister_netdevice: waiting for lo to become free. Usage count = 2"),
+    # arch/x86/kernel/unwind_frame.c (4.11 on), once per boot: the frame-pointer
+    # unwinder (i386's default) found a pt_regs or frame pointer off the stack,
+    # "WARNING: kernel stack regs at %p in %s:%d has bad 'bp' value %p" /
+    # "WARNING: kernel stack frame pointer at %p in %s:%d has bad value %p", in the
+    # middle of whatever stack it was walking; unwind_dump() lines follow.
+    HeaderSpec(
+        "bad_stack_value",
+        _re(r"(?:WARNING: )?kernel stack (?P<what>regs|frame pointer) (?:at \S+ in .*? )?"
+            r"has bad (?:'\w+' )?value"),
+        "warning", End.SINGLE, starts="Wk", interjects=True,
+        example="WARNING: kernel stack regs at 00000000a1b2c3d4 in swapper/0:1 has bad 'bp' "
+                "value 0000000000000001"),
     # mm/kmemleak.c
     HeaderSpec(
         "memory_leak", _re(r"(?:kmemleak: )?unreferenced object 0x[0-9a-f]+ \(size \d+\):"),
@@ -331,13 +381,33 @@ END_TRACE = re.compile(r"---\[ end trace(?: [0-9a-f]+)? \]---")
 RULE_LINE = re.compile(r"={20,}\s*$")
 PANIC_END = re.compile(r"---\[ end Kernel panic - not syncing")
 PANIC_REBOOTING = re.compile(r"Rebooting in \d+ seconds\.\.")
+# "Call Trace:" (x86), "Call trace:" (arm64, riscv, and the generic dump_stack).
 TRACE_START = re.compile(r"\s*Call [Tt]race:")
-# " ? func+0x12/0x40 [mod]", " [<ffffffff81234567>] ? func+0x12/0x40", "    func+0x1/0x2"
+# " ? func+0x12/0x40 [mod]", " [<ffffffff81234567>] ? func+0x12/0x40", "    func+0x1/0x2";
+# arm64 (6.14 on) marks where a frame came from after it, " func+0x1/0x2 (P)"
+# (arch/arm64/kernel/stacktrace.c): C the caller, T a task's saved state, P and L
+# the PC and link register of pt_regs, F/K an ftrace or kretprobe return
+# address; the mark is not part of the frame.
 TRACE_FRAME = re.compile(
     r"(?:kmemleak:)?\s*(?:\[<[0-9a-f]+>\]\s*)?(?P<unreliable>\?\s+)?(?:\[<[0-9a-f]+>\]\s*)?"
     r"(?P<func>[A-Za-z_.$][\w.$]*)\+(?P<offset>0x[0-9a-f]+)/(?P<size>0x[0-9a-f]+)"
-    r"(?:\s+\[(?P<module>[\w-]+)(?:\s+[0-9a-f]+)?\])?"
+    r"(?:\s+\[(?P<module>[\w-]+)(?:\s+[0-9a-f]+)?\])?(?:\s+\((?P<mark>[A-Z]{1,4})\))?"
 )
+# A call-trace line the console cut (an nbcon console taken over in the middle of
+# it, which then replays it; a log cut mid-line): indented, one token that a frame
+# or a stack marker starts with, or a printk prefix that never ended. It neither
+# ends the trace nor is a frame.
+TRACE_FRAGMENT = re.compile(
+    r"(?=.*\S)(?:\s+(?:\[<[0-9a-f]*>?\]?\s*)?(?:\?\s*)?(?:\[<[0-9a-f]*>?\]?\s*)?[\w.$]*"
+    r"(?:\+[0-9a-fx/]*)?(?: \[[\w-]*)?|\s+</?[A-Z#_]*|\[[\s\d.]*(?:\]\[?[\sTC\d]*)?)$"
+)
+# A stack entry with no symbol: %pB of an address outside any function prints it
+# raw (" ? 0xffffffff81000000"). Part of the trace, not a frame.
+RAW_ADDRESS_FRAME = re.compile(r"\s+(?:\?\s+)?0x[0-9a-f]+\s*$")
+# unwind_dump() after a bad stack value (arch/x86/kernel/unwind_frame.c): the
+# stack words, "unwind stack type:%d next_sp:%p mask:0x%x graph_idx:%d" then
+# "%p: %0*lx (%pB)"; part of the stack walk it interrupted.
+UNWIND_DUMP = re.compile(r"unwind stack type:\d+ |[0-9a-f]{8,16}: [0-9a-f]{8,16} \(")
 TRACE_MARKER = re.compile(r"\s*<(?P<close>/)?(?P<name>[A-Z#_]+)>\s*$")
 REGISTER_LINE = re.compile(
     r"\s*(?:[RE](?:IP|SP|AX|BX|CX|DX|SI|DI|BP)|R\d{1,2}|[CDEFGS]S|CR\d|DR\d|Code"

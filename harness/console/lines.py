@@ -58,6 +58,17 @@ SYSLOG_PREFIX = re.compile(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ kernel: ?"
 COMMON_PREFIX = re.compile(r"\[\s*(\d{1,10}\.\d{1,9})\](?:\s?\[\s*([TC]\d{1,7})\s*\])? ?")
 # A printk timestamp after other output on the same line (a shell prompt, say).
 MIDLINE_TIMESTAMP = re.compile(r"<\d{1,3}>\[\s*\d+\.\d{6}\]|\[\s*\d+\.\d{6}\]")
+# What the console itself prints, not a record of the log buffer, so with no
+# printk prefix (kernel/printk/printk.c): console_prepend_dropped() before the
+# first record after the ones the console lost (`** %lu printk messages dropped
+# **`, on a line of its own since 5.x, before that followed by the record on the
+# same line), and console_prepend_replay() (6.12 on, nbcon consoles) before a
+# record whose printing another context cut off and now prints again in full.
+# The cut copy is usually the line before the marker (the 8250 driver ends the
+# cut line first); without that newline the marker follows it on one line.
+CONSOLE_MARKER = re.compile(
+    r"\*\* (?:(?P<dropped>\d+) printk messages dropped|replaying previous printk message) \*\* ?"
+)
 
 
 class Line(NamedTuple):
@@ -71,6 +82,13 @@ class Line(NamedTuple):
     # Carried a printk prefix: certainly kernel output.
     prefixed: bool = False
     truncated: bool = False
+    # The line as the console printed it, escapes removed: a replayed record is
+    # recognised by the cut copy before it being a prefix of it.
+    raw: str = ""
+    # A console marker at the start of the line (CONSOLE_MARKER): "dropped" or
+    # "replay"; `text` is what followed it on the line.
+    marker: str | None = None
+    dropped: int = 0
 
 
 def _match_printk(text: str) -> tuple[re.Match[str] | None, int]:
@@ -89,13 +107,25 @@ def _match_printk(text: str) -> tuple[re.Match[str] | None, int]:
 def strip_prefix(number: int, raw: str, truncated: bool = False) -> Line:
     """Build the Line for one raw logical line: clean it and remove its prefix."""
     text = raw
-    if HAS_CONTROL.search(text):
+    control = HAS_CONTROL.search(text) is not None
+    if control:
         text = ESCAPE_OR_CONTROL.sub("", text)
-    elif text[:1] == "[":
+    cleaned = text
+    if "** " in text:
+        marker = CONSOLE_MARKER.search(text)
+        if marker is not None:
+            # What came before the marker is a cut copy of the record it replays
+            # (or of one the console dropped): never a line of its own.
+            rest = strip_prefix(number, text[marker.end():], truncated)
+            dropped = marker.group("dropped")
+            return rest._replace(marker="replay" if dropped is None else "dropped",
+                                 dropped=int(dropped) if dropped is not None else 0)
+    if not control and text[:1] == "[":
         fast = COMMON_PREFIX.match(text)
         if fast is not None:
             ts, caller = fast.groups()
-            return Line(number, text[fast.end():], float(ts), caller, None, True, truncated)
+            return Line(number, text[fast.end():], float(ts), caller, None, True, truncated,
+                        cleaned)
     prefixed = False
     outer = None
     if text[:1].isalpha():
@@ -111,7 +141,7 @@ def strip_prefix(number: int, raw: str, truncated: bool = False) -> Line:
             if m is not None:
                 text = text[found.start():]
     if m is None:
-        return Line(number, text, None, None, None, prefixed, truncated)
+        return Line(number, text, None, None, None, prefixed, truncated, cleaned)
     level = m.group("level")
     ts = m.group("ts")
     return Line(
@@ -122,6 +152,7 @@ def strip_prefix(number: int, raw: str, truncated: bool = False) -> Line:
         int(level) if level is not None else None,
         True,
         truncated,
+        cleaned,
     )
 
 

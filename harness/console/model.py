@@ -41,6 +41,7 @@ FAILURE_KINDS: tuple[str, ...] = (
     "cpa_selftest",
     "wx_mapping",
     "lkdtm",
+    "netdev_refcount",
 )
 
 # How a boot ended. "reset": the next kernel's banner (or a printk clock that

@@ -93,6 +93,8 @@ class ConsoleParser:
         self._last_ts: float | None = None
         self._finished = False
         self._cut_lines = 0
+        # `** N printk messages dropped **`: how many, how often, first line.
+        self._dropped = (0, 0, 0)
 
     def feed(self, chunk: bytes | bytearray | str) -> list[Event]:
         if self._finished:
@@ -124,6 +126,11 @@ class ConsoleParser:
         if self._cut_lines:
             self.analysis.notes.append(
                 f"{self._cut_lines} lines longer than {MAX_LINE} characters were cut")
+        dropped, times, first = self._dropped
+        if times:
+            self.analysis.notes.append(
+                f"the console dropped {dropped} printk messages ({times} times, first at line "
+                f"{first}): reports around there may be incomplete")
         if self._boot is not None:
             if self._open:
                 self._end_boot("end-of-log", None)
@@ -136,6 +143,10 @@ class ConsoleParser:
     # One line.
 
     def _line(self, line: Line) -> None:
+        if line.marker is not None:
+            self._console_marker(line)
+            if not line.text:
+                return
         if not line.prefixed:
             line = unglue_prompt(line)
         boot = self._boot
@@ -163,6 +174,15 @@ class ConsoleParser:
                 self._failures(self._reports.observe(line))
                 return
         self._in_boot(line)
+
+    def _console_marker(self, line: Line) -> None:
+        """A line the console printed of its own (lines.CONSOLE_MARKER): never part of
+        a report, never its end."""
+        if line.marker == "dropped":
+            dropped, times, first = self._dropped
+            self._dropped = (dropped + line.dropped, times + 1, first or line.number)
+        elif self._reports is not None:
+            self._reports.replay()
 
     def _in_boot(self, line: Line) -> None:
         boot, facts, selftest, reports = self._boot, self._facts, self._selftest, self._reports

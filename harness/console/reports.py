@@ -12,12 +12,18 @@ recognise as normal messages are left out of reports.
 A panic that an earlier report caused (`Fatal exception` after an Oops,
 `panic_on_warn set` after a WARNING, ...) is not a failure of its own: the
 boot records it as its panic, `caused_by` that report.
+
+An nbcon console that another context took over in the middle of a record
+prints `** replaying previous printk message **` and the whole record again:
+the cut copy before it (a partial header, a cut call-trace line) is taken
+back when the next line turns out to be its full version.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
+from typing import NamedTuple
 
 from harness.console.headers import (
     CUT_HERE,
@@ -25,12 +31,17 @@ from harness.console.headers import (
     PANIC_END,
     PANIC_REBOOTING,
     PRELUDE_BODY,
+    RAW_ADDRESS_FRAME,
     REGISTER_LINE,
     RIP_LINE,
     RULE_LINE,
+    TASK_INFO,
+    TRACE_FRAGMENT,
     TRACE_FRAME,
     TRACE_MARKER,
     TRACE_START,
+    UNWIND_DUMP,
+    WARNING_PID,
     End,
     HeaderSpec,
     Pre,
@@ -79,6 +90,14 @@ PANIC_CONSEQUENCES: tuple[tuple[re.Pattern[str], frozenset[str] | None, int], ..
 )
 
 HEAD, TRACE, AFTER = 0, 1, 2
+# Lines after a WARNING line that can be its WARN() message: 6.19's x86 WARN
+# prints the message after the WARNING line, as kernels before 4.x did.
+LATE_MESSAGE_LINES = 2
+
+
+def warning_pid(match: re.Match[str]) -> str | None:
+    m = WARNING_PID.match(match.group(0))
+    return (m.group("pid") or m.group("pid2")) if m is not None else None
 
 
 def parse_frame(m: re.Match[str], reliable: bool, context: str | None) -> Frame:
@@ -92,6 +111,29 @@ def parse_frame(m: re.Match[str], reliable: bool, context: str | None) -> Frame:
     )
 
 
+class _Mark(NamedTuple):
+    headers: int
+    absorbs: frozenset[str]
+    end: End
+    pre_trace_limit: int
+    trace_start: re.Pattern[str] | None
+    phase: int
+    head_count: int
+    prelude_count: int
+    frames: int
+    stack: tuple[str, ...]
+    task_stack_done: bool
+    rip: Frame | None
+    lines: int
+    dropped: int
+    total: int
+    last_line: int
+    last_ts: float | None
+    warning_at: int | None
+    pid: str | None
+    mixed: bool
+
+
 class OpenReport:
     """A report being collected."""
 
@@ -99,7 +141,7 @@ class OpenReport:
                  pre_lines: list[Line]) -> None:
         self.headers: list[tuple[str, re.Match[str]]] = [(spec.name, match)]
         self.end = spec.end
-        self.absorbs = set(spec.absorbs)
+        self.absorbs = spec.absorbs
         self.pre_trace_limit = spec.pre_trace_limit
         self.trace_start = spec.trace_start
         self.caller = line.caller
@@ -110,25 +152,34 @@ class OpenReport:
         self.lines: list[str] = []
         self.dropped = 0
         self.total = 0
+        self.pre_lines = pre_lines
         self.message = [
             p.text for p in pre_lines if not CUT_HERE.match(p.text) and not RULE_LINE.match(p.text)
         ]
         for p in pre_lines:
             self._add(p)
+        # The WARNING line's index in `lines` and the task it names: a `CPU: ...
+        # PID:` line of another task means another report's lines are mixed in.
+        self.warning_at: int | None = None
+        self.pid: str | None = None
+        self.mixed = False
+        if spec.name == "warning":
+            self._warning(match)
         self._add(line)
         self.phase = TRACE if spec.trace_from_header else HEAD
         self.head_count = 0
         self.prelude_count = 0
         self.frames: list[Frame] = []
-        self.stack: list[str] = []
+        self.stack: tuple[str, ...] = ()
         self._task_stack_done = False
         self.rip: Frame | None = None
 
     def absorb(self, spec: HeaderSpec, match: re.Match[str], line: Line) -> None:
         """A header this report announced: the report carries on under it."""
         self.headers.append((spec.name, match))
-        self.absorbs.discard(spec.name)
-        self.absorbs |= spec.absorbs
+        self.absorbs = (self.absorbs - {spec.name}) | spec.absorbs
+        if spec.name == "warning":
+            self._warning(match)
         if spec.end is not End.PRELUDE:
             # An announced header takes over; a late message line does not.
             self.end = spec.end
@@ -141,6 +192,10 @@ class OpenReport:
     def feed(self, line: Line) -> tuple[str | None, bool]:
         """Take one line: (completion reason or None, whether the line is the report's)."""
         text = line.text
+        if self.pid is not None and text[:4] == "CPU:":
+            info = TASK_INFO.match(text)
+            if info is not None and info.group("pid") != self.pid:
+                self.mixed = True
         if self.end is End.PRELUDE:
             if self.prelude_count < PRELUDE_MAX and PRELUDE_BODY.match(text):
                 self.prelude_count += 1
@@ -164,6 +219,10 @@ class OpenReport:
                 # " </TASK>" closes the outermost stack: the trace is complete.
                 self.phase = AFTER
                 return ("trace-end", True) if self.end is End.TRACE else (None, True)
+            if TRACE_FRAGMENT.match(text):
+                # A cut frame: the next line says whether the trace goes on.
+                self._add(line)
+                return None, True
             self.phase = AFTER
             if self.end is End.TRACE:
                 return "trace-end", False
@@ -181,8 +240,30 @@ class OpenReport:
             return "line-limit", True
         return None, True
 
+    def mark(self) -> _Mark:
+        """The state before a line, for rewind(); cheap, as it is taken for every line."""
+        return _Mark(len(self.headers), self.absorbs, self.end, self.pre_trace_limit,
+                     self.trace_start, self.phase, self.head_count, self.prelude_count,
+                     len(self.frames), self.stack, self._task_stack_done, self.rip,
+                     len(self.lines), self.dropped, self.total, self.last_line, self.last_ts,
+                     self.warning_at, self.pid, self.mixed)
+
+    def rewind(self, mark: _Mark) -> None:
+        """Take back the lines fed since mark() (a cut line the console prints again)."""
+        del self.headers[mark.headers:]
+        del self.frames[mark.frames:]
+        del self.lines[mark.lines:]
+        (_, self.absorbs, self.end, self.pre_trace_limit, self.trace_start, self.phase,
+         self.head_count, self.prelude_count, _, self.stack, self._task_stack_done, self.rip,
+         _, self.dropped, self.total, self.last_line, self.last_ts, self.warning_at, self.pid,
+         self.mixed) = mark
+
     def failure(self, reason: str, keep_report: bool) -> Failure:
-        facts = ReportFacts(self.headers, self.message, self.lines, self.frames, self.rip)
+        late: list[str] = []
+        if self.warning_at is not None:
+            late = self.lines[self.warning_at + 1:self.warning_at + 1 + LATE_MESSAGE_LINES]
+        facts = ReportFacts(self.headers, self.message, self.lines, self.frames, self.rip,
+                            late_message=late, mixed=self.mixed)
         kind, title = kind_and_title(facts)
         report = tuple(self.lines) if keep_report else tuple(self.lines[:1])
         return Failure(
@@ -198,6 +279,10 @@ class OpenReport:
             completed_by=reason,
             report_lines_dropped=self.dropped + len(self.lines) - len(report),
         )
+
+    def _warning(self, match: re.Match[str]) -> None:
+        self.warning_at = len(self.lines)
+        self.pid = warning_pid(match)
 
     def _add(self, line: Line) -> None:
         self.total += 1
@@ -226,16 +311,21 @@ class OpenReport:
         if marker is not None:
             name = marker.group("name")
             if marker.group("close"):
-                if self.stack:
-                    self.stack.pop()
+                self.stack = self.stack[:-1]
                 self._task_stack_done = name == "TASK" and not self.stack
             elif name in ("EOI", "EOE"):
-                if self.stack:
-                    self.stack.pop()
+                self.stack = self.stack[:-1]
             elif len(self.stack) < 16:
-                self.stack.append(name)
+                self.stack = (*self.stack, name)
             return True
-        return REGISTER_LINE.match(text) is not None
+        return (REGISTER_LINE.match(text) is not None or RAW_ADDRESS_FRAME.match(text) is not None
+                or UNWIND_DUMP.match(text) is not None)
+
+
+# What one line did to the reports: (line, the report open in its context before
+# it and that report's mark(), the report it opened, the boot's panic before it,
+# whether it went to the lookback).
+_Effect = tuple[Line, OpenReport | None, _Mark | None, OpenReport | None, Panic | None, bool]
 
 
 class ReportAssembler:
@@ -248,9 +338,47 @@ class ReportAssembler:
         # Reports flush() completed while they still awaited a header: that
         # header, arriving late, must not become a second failure.
         self._flushed: dict[str | None, tuple[frozenset[str], int]] = {}
+        self._last: _Effect | None = None
+        self._replay: _Effect | None = None
+
+    def replay(self) -> None:
+        """The console printed `** replaying previous printk message **`.
+
+        The record it cut is printed again next; the line before the marker is
+        then a cut copy of it, whose effect the next line takes back.
+        """
+        self._replay = self._last
 
     def observe(self, line: Line, normal: bool = False) -> list[Failure]:
         """Take one line; return the failures it completed, in order."""
+        replayed, self._replay = self._replay, None
+        if replayed is not None and replayed[0].raw and line.raw.startswith(replayed[0].raw):
+            self._take_back(replayed)
+        rep = self._open.get(line.caller)
+        panic = self.boot.panic
+        mark = rep.mark() if rep is not None else None
+        done = self._observe(line, normal)
+        opened = self._open.get(line.caller)
+        self._last = (line, rep, mark, opened if opened is not rep else None, panic,
+                      bool(self._lookback) and self._lookback[-1] is line)
+        return done
+
+    def _take_back(self, effect: _Effect) -> None:
+        """Undo what a cut line did, as far as it did not complete a report."""
+        line, rep, mark, opened, panic, in_lookback = effect
+        if in_lookback and self._lookback and self._lookback[-1] is line:
+            self._lookback.pop()
+        if opened is not None:
+            if self._open.get(opened.caller) is opened:
+                # A cut header: its full copy opens the report again, with the
+                # lines before it.
+                del self._open[opened.caller]
+                self._lookback.extend(opened.pre_lines)
+        elif rep is not None and mark is not None and self._open.get(rep.caller) is rep:
+            rep.rewind(mark)
+        self.boot.panic = panic
+
+    def _observe(self, line: Line, normal: bool) -> list[Failure]:
         done: list[Failure] = []
         text = line.text
         rep = self._open.get(line.caller)
@@ -272,6 +400,11 @@ class ReportAssembler:
                 rep.absorb(spec, m, line)
                 if rep.end is End.SINGLE:
                     done.append(self._close(rep, "header"))
+                return done
+            if spec.interjects:
+                # A one-line report of its own; the report open here goes on.
+                if not (spec.follows and self._follows(spec, line)):
+                    done.append(self._close(OpenReport(spec, m, line, []), "header"))
                 return done
             if rep is not None:
                 done.append(self._close(rep, "next-line"))

@@ -8,7 +8,8 @@ root fs").
 The function: for the oops family and lockups, the RIP/EIP function (where
 the CPU was; with the ORC unwinder the faulting function itself is printed as
 an unreliable `?` frame and the first reliable frame is its caller). For
-WARNING and the sanitizers, the function their header names. Otherwise the
+WARNING and the sanitizers, the function their header names (a 6.19 WARNING
+line may name none: then the RIP's). Otherwise the
 first reliable call-trace frame that is not a generic report, lock, sleep or
 allocation helper; then the RIP; then the first unreliable frame (a kernel
 without a reliable unwinder prints every frame with `?`).
@@ -51,6 +52,7 @@ GENERIC_FUNCTION = re.compile(
     r"|__rwsem_\w+|rt_mutex_\w+|__rt_mutex_\w+|rt_spin_\w+|rcu_read_lock\w*"
     r"|rcu_lock_\w+|__rcu_read_lock|__rcu_read_unlock"
     r"|schedule|__schedule|schedule_\w+|io_schedule\w*|preempt_schedule\w*|__cond_resched"
+    r"|__switch_to\w*|context_switch"
     r"|_cond_resched|cond_resched\w*|wait_for_completion\w*|__wait_for_common"
     r"|wait_for_common\w*|do_wait_for_common|__wait_\w+|usleep_range\w*|msleep\w*"
     r"|__might_sleep|__might_resched|___might_sleep|might_sleep\w*|__might_fault"
@@ -106,8 +108,9 @@ def symbol_function(symbol: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-def pick_function(candidates: Iterable[str | None]) -> str | None:
-    """The first candidate that is not a generic helper, else the first at all."""
+def pick_function(candidates: Iterable[str | None],
+                  skip: re.Pattern[str] | None = None) -> str | None:
+    """The first candidate that is not a generic helper (nor `skip`), else the first at all."""
     first: str | None = None
     for candidate in candidates:
         if not candidate:
@@ -115,7 +118,7 @@ def pick_function(candidates: Iterable[str | None]) -> str | None:
         name = normalize_function(candidate)
         if first is None:
             first = name
-        if not is_generic(name):
+        if not is_generic(name) and (skip is None or skip.fullmatch(name) is None):
             return name
     return first
 
@@ -218,13 +221,45 @@ OOPS_TYPE_KIND: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"double fault"), "double_fault", "double fault"),
 )
 
-WARN_MESSAGE_TITLES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"ODEBUG: "), "WARNING: ODEBUG bug"),
-    (re.compile(r"refcount_t: "), "WARNING: refcount bug"),
+# WARNINGs titled by the facility that warned rather than by where, as syzkaller
+# does (pkg/report/linux.go): the WARN() message, or the file the WARN is in,
+# names it; the function is the first caller that is neither a generic helper
+# nor one of the facility's own (its users, for ODEBUG). (title, message, file,
+# helpers skipped)
+WARN_CLASSES: tuple[tuple[str, re.Pattern[str], re.Pattern[str], re.Pattern[str]], ...] = (
+    # lib/debugobjects.c debug_print_object(): "ODEBUG: %s %s (active state %u)
+    # object: %p object type: %s hint: %pS" (2.6.26 on)
+    ("WARNING: ODEBUG bug", re.compile(r"ODEBUG: "), re.compile(r"(?:.*/)?lib/debugobjects\.c"),
+     re.compile(r".*(?:debug_|rcu|hrtimer_|timer_|work_|percpu_|vunmap|vfree|__free_"
+                r"|kobject_).*|\w*_(?:timer|work)|kv?free\w*|kmem_cache_free\w*|\w*slab_free\w*"
+                r"|__kmem_cache_free\w*|free_large_kmalloc\w*")),
+    # lib/refcount.c refcount_warn_saturate(): "refcount_t: underflow; use-after-free.",
+    # "refcount_t: saturated; leaking memory.", "refcount_t: addition on 0; ..." (4.13 on)
+    ("WARNING: refcount bug", re.compile(r"refcount_t: "), re.compile(r"(?:.*/)?lib/refcount\.c"),
+     re.compile(r"(?:__)?(?:refcount|kref|kobject)_\w+")),
+    # include/linux/debug_locks.h DEBUG_LOCKS_WARN_ON(c): "DEBUG_LOCKS_WARN_ON(%s)";
+    # any WARN in kernel/locking/lockdep.c
+    ("WARNING: locking bug", re.compile(r"DEBUG_LOCKS_WARN_ON\("),
+     re.compile(r"(?:.*/)?kernel/locking/lockdep\.c"),
+     re.compile(r"lock_sock\w*|release_sock|__lock_\w+|hlock_\w+|\w*lock_class\w*"
+                r"|lookup_chain_cache\w*|add_chain_cache\w*|debug_locks_off|debug_mutex_\w+"
+                r"|(?:__)?(?:ww|rt)_mutex_\w+")),
 )
+# A WARN in mm/ in a kmalloc-family function (syzkaller: "WARNING: .*mm/.*\.c.*
+# k?.?malloc"): kmalloc, kvmalloc_node, vmalloc, ... but not __vmalloc_node_range.
+KMALLOC_FILE = re.compile(r"(?:.*/)?mm/[\w/.-]+\.c")
+KMALLOC_FUNCTION = re.compile(r"k?.?malloc\w*")
+KMALLOC_HELPER = re.compile(r"\w*(?:kmalloc|krealloc|slab|kmem)\w*")
+# The WARN() of the CPA self-test's own failing pass, and of its start.
+CPA_TEST_FILE = re.compile(r"(?:.*/)?(?:cpa|pageattr)-test\.c")
+# What follows "WARNING: CPU: %d PID: %d at " or "WARNING: at " (before 6.19).
 WARNING_WHERE = re.compile(
     r"(?:(?P<file>\S+):(?P<line>\d+) )?(?P<func>[A-Za-z_.$][\w.$]*)"
     r"(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?(?:\(\))?"
+)
+# What follows "WARNING: " since 6.19: "[cond] file:line at %pS, CPU#%d: comm/pid".
+WARNING_WHERE_CPU = re.compile(
+    r"(?:\[.*\] )?(?:(?P<file>\S+):(?P<line>\d+) )?at (?P<sym>\S+), CPU#\d+: "
 )
 KASAN_ACCESS = re.compile(r"(?P<access>Read|Write) of size \d+ (?:at addr|by task)")
 WX_WHERE = re.compile(r"(?:0x[0-9a-f]+/)?(?P<sym>[A-Za-z_.$][\w.$]*)\+0x")
@@ -240,6 +275,8 @@ class ReportFacts:
         body: Sequence[str],
         frames: Sequence[Frame],
         rip: Frame | None,
+        late_message: Sequence[str] = (),
+        mixed: bool = False,
     ) -> None:
         self.headers = headers
         self.names = [name for name, _ in headers]
@@ -247,6 +284,11 @@ class ReportFacts:
         self.body = body
         self.frames = frames
         self.rip = rip
+        # The lines right after a WARNING line, where a WARN() message can be.
+        self.late_message = late_message
+        # A `CPU: ... PID:` line of another task came in: the RIP and frames may
+        # be another report's, so a WARNING's title takes nothing from them.
+        self.mixed = mixed
 
     def header(self, name: str) -> re.Match[str] | None:
         for hname, m in self.headers:
@@ -275,34 +317,67 @@ def _trace_function(r: ReportFacts, first: str | None = None) -> str | None:
     return pick_function([first, *r.reliable(), r.rip_function(), *r.unreliable()])
 
 
+def warning_where(m: re.Match[str]) -> tuple[str | None, str | None]:
+    """The file and function a WARNING line names (either may be missing)."""
+    where = m.group("where").strip()
+    new = WARNING_WHERE_CPU.match(where)
+    if new is not None:
+        return new.group("file"), symbol_function(new.group("sym"))
+    old = WARNING_WHERE.match(where)
+    return (old.group("file"), old.group("func")) if old is not None else (None, None)
+
+
+def warning_function(r: ReportFacts, func: str | None) -> str | None:
+    """Where the WARN is: the function its WARNING line names, as printed; when it
+    names none (6.19's `at 0x0`), the RIP line's, then the first frame. Nothing
+    from the body of a report with another report's lines mixed in."""
+    if func is not None:
+        return normalize_function(func)
+    if r.mixed:
+        return None
+    rip = r.rip_function()
+    return normalize_function(rip) if rip else _trace_function(r)
+
+
+def warning_title(r: ReportFacts, m: re.Match[str]) -> str:
+    """`WARNING in f`, f where the WARN is; its file when no function is known."""
+    file, func = warning_where(m)
+    return in_title("WARNING", warning_function(r, func) or file)
+
+
 def _warning(r: ReportFacts, m: re.Match[str]) -> tuple[str, str]:
-    where = WARNING_WHERE.match(m.group("where").strip())
-    file = where.group("file") if where else None
-    func = where.group("func") if where else None
-    # A message line that came after the WARNING line (kernels before 4.x).
+    file, func = warning_where(m)
+    # A message line that came after the WARNING line (kernels before 4.x, 6.19's x86).
     if "cpa_not_passed" in r.names:
-        return "cpa_selftest", "CPA self-test NOT PASSED"
+        return "cpa_selftest", warning_title(r, m)
     if "wx_found" in r.names:
         return "wx_mapping", "x86/mm: Found insecure W+X mapping"
     if "list_corruption" in r.names:
         return "list_corruption", in_title("BUG: corrupted list", _trace_function(r))
-    if file and re.search(r"(?:cpa|pageattr)-test\.c$", file):
-        if func == "start_pageattr_test":
+    where = warning_function(r, func)
+    if file and CPA_TEST_FILE.fullmatch(file):
+        if where == "start_pageattr_test":
             return "cpa_selftest", "CPA self-test could not start"
-        return "cpa_selftest", "CPA self-test NOT PASSED"
-    if file and file.endswith("dump_pagetables.c") and any(
-            "W+X" in line for line in r.message):
+        # The self-test's own WARN: titled like any WARN, kind cpa_selftest.
+        return "cpa_selftest", in_title("WARNING", where or file)
+    message = [*r.message, *r.late_message]
+    if file and file.endswith("dump_pagetables.c") and any("W+X" in line for line in message):
         return "wx_mapping", "x86/mm: Found insecure W+X mapping"
     if file and file.endswith("list_debug.c"):
         return "list_corruption", in_title("BUG: corrupted list", _trace_function(r))
-    for line in r.message:
-        for pattern, base in WARN_MESSAGE_TITLES:
-            if pattern.match(line):
-                return "warning", in_title(base, _trace_function(r, func))
-    # The function the WARNING line names, as printed: it is where the WARN is.
-    if func is not None:
-        return "warning", in_title("WARNING", normalize_function(func))
-    return "warning", in_title("WARNING", _trace_function(r))
+    for base, text, source, helpers in WARN_CLASSES:
+        if (file and source.fullmatch(file)) or any(text.match(line) for line in message):
+            return "warning", in_title(base, _guilty(r, helpers))
+    if file and KMALLOC_FILE.fullmatch(file) and where and KMALLOC_FUNCTION.fullmatch(where):
+        return "warning", in_title("WARNING: kmalloc bug", _guilty(r, KMALLOC_HELPER))
+    return "warning", in_title("WARNING", where or file)
+
+
+def _guilty(r: ReportFacts, helpers: re.Pattern[str]) -> str | None:
+    """The caller a facility's WARN blames: the first frame that is not a helper."""
+    if r.mixed:
+        return None
+    return pick_function([*r.reliable(), r.rip_function(), *r.unreliable()], helpers)
 
 
 def _oops(r: ReportFacts) -> tuple[str, str]:
@@ -322,6 +397,10 @@ def kind_and_title(r: ReportFacts) -> tuple[str, str]:
     names = r.names
     first = names[0]
     if first in ("cpa_not_passed", "cpa_old_not_passed"):
+        # The WARNING that follows the message names where the self-test failed.
+        warning = r.header("warning")
+        if warning is not None:
+            return "cpa_selftest", warning_title(r, warning)
         return "cpa_selftest", "CPA self-test NOT PASSED"
     if first == "cpa_no_bitmap":
         return "cpa_selftest", "CPA self-test could not allocate its bitmap"
@@ -404,6 +483,13 @@ def kind_and_title(r: ReportFacts) -> tuple[str, str]:
         return "bad_page", in_title(f"BUG: Bad page {m.group('what')}", _trace_function(r))
     if first == "atomic_sleep":
         return "atomic_sleep", in_title(f"BUG: {m.group('what')}", _trace_function(r))
+    if first == "netdev_refcount":
+        # "DEV" literally: the device name differs between runs (syzkaller's title).
+        return "netdev_refcount", "unregister_netdevice: waiting for DEV to become free"
+    if first == "bad_stack_value":
+        if m.group("what") == "regs":
+            return "warning", "WARNING: kernel stack regs has bad 'bp' value"
+        return "warning", "WARNING: kernel stack frame pointer has bad value"
     if first in ("page_alloc_failure", "vmalloc_error"):
         return "page_alloc_failure", in_title(m.group("what"), _trace_function(r))
     if first in ("oom", "oom_killed"):

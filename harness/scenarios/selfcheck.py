@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from harness.build import unavailable_line
 from harness.cells import Cell
 from harness.errors import HarnessError
+from harness.kconfig import unavailable_line
 from harness.machine import GuestExited, GuestHang, Machine, wait_ready
 from harness.qemu import show_command
 from harness.results import CellResult, Verdict
