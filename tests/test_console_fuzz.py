@@ -19,6 +19,10 @@ SAMPLES = [
     (DATA / "i386-amd-smp.log").read_bytes(),
     (DATA / "kinds" / "null_deref.log").read_bytes(),
     (DATA / "kinds" / "lockdep.log").read_bytes(),
+    # console markers, cut lines, the 6.19 WARNING line
+    (DATA / "kinds" / "warning-replayed.log").read_bytes(),
+    (DATA / "kinds" / "hung_task-replayed.log").read_bytes(),
+    (DATA / "kinds" / "warning-6.19.log").read_bytes(),
 ]
 VALIDATOR = jsonschema.Draft202012Validator(load_schema())
 FUZZ = settings(max_examples=300, deadline=None,

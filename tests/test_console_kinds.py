@@ -18,6 +18,19 @@ EXPECTED: dict[str, tuple[str, str, int, str | None]] = {
     "warning.log": ("warning", "WARNING in __vmalloc_node_range_noprof", 2,
                     "__vmalloc_node_noprof"),
     "warning-message.log": ("warning", "WARNING in foo_frob", 3, "foo_init"),
+    # 6.19 on: "WARNING: %s:%d at %pS, CPU#%d: %s/%d", here with 0x0 for the caller
+    "warning-6.19.log": ("warning", "WARNING in ext4_xattr_inode_update_ref", 2,
+                         "ext4_xattr_inode_dec_ref_all"),
+    "warning-refcount.log": ("warning", "WARNING: refcount bug in frob_put", 3, "frob_put"),
+    "warning-odebug.log": ("warning", "WARNING: ODEBUG bug in frob_destroy", 3,
+                           "debug_check_no_obj_freed"),
+    "warning-locking.log": ("warning", "WARNING: locking bug in frob_work_fn", 3,
+                            "mutex_lock_nested"),
+    "warning-kmalloc.log": ("warning", "WARNING: kmalloc bug in frob_alloc_table", 2,
+                            "frob_alloc_table"),
+    # an nbcon console replayed a cut WARNING line and two cut call-trace lines
+    "warning-replayed.log": ("warning", "WARNING in frob_check", 4, "frob_test_run"),
+    "bad_stack_value.log": ("warning", "WARNING: kernel stack regs has bad 'bp' value", 1, None),
     "bug.log": ("bug", "kernel BUG in __slab_free", 2, "kfree"),
     "oops.log": ("oops", "divide error in bar_compute", 1, "bar_init"),
     "panic.log": ("panic", "kernel panic: VFS: Unable to mount root fs", 1, "dump_stack_lvl"),
@@ -39,8 +52,16 @@ EXPECTED: dict[str, tuple[str, str, int, str | None]] = {
     "rcu_stall.log": ("rcu_stall", "INFO: rcu detected stall in busy_loop", 1,
                       "rcu_sched_clock_irq"),
     "hung_task.log": ("hung_task", "INFO: task hung in frob_worker", 1, "__schedule"),
+    "hung_task-iowait.log": ("hung_task", "INFO: task hung in folio_wait_bit_common", 1,
+                             "__schedule"),
+    # arm64: "Call trace:", frames marked " (T)"
+    "hung_task-arm64.log": ("hung_task", "INFO: task hung in frob_work_fn", 1, "__switch_to"),
+    # a cut and replayed call-trace line, and "** 3 printk messages dropped **"
+    "hung_task-replayed.log": ("hung_task", "INFO: task hung in frob_worker", 1, "__schedule"),
     "lockdep.log": ("lockdep", "possible deadlock in grab_b", 2, "dump_stack_lvl"),
     "kasan.log": ("kasan", "KASAN: slab-use-after-free Read in frob_list", 2, "dump_stack_lvl"),
+    "kasan-dropped.log": ("kasan", "KASAN: slab-use-after-free Read in frob_list", 2,
+                          "dump_stack_lvl"),
     "kfence.log": ("kfence", "KFENCE: use-after-free read in frob_read", 2, None),
     "kmsan.log": ("kmsan", "KMSAN: uninit-value in frob_check", 2, "frob_check"),
     "kcsan.log": ("kcsan", "KCSAN: data-race in frob_reader / frob_writer", 2, "frob_writer"),
@@ -60,10 +81,14 @@ EXPECTED: dict[str, tuple[str, str, int, str | None]] = {
     "atomic_sleep.log": ("atomic_sleep",
                          "BUG: sleeping function called from invalid context in "
                          "frob_locked_sleep", 1, "dump_stack_lvl"),
-    "cpa_selftest.log": ("cpa_selftest", "CPA self-test NOT PASSED", 5, "do_pageattr_test"),
+    # the self-test's own WARN is titled like any WARN, and keeps its kind
+    "cpa_selftest.log": ("cpa_selftest", "WARNING in pageattr_test", 5, "do_pageattr_test"),
     "wx_mapping.log": ("wx_mapping", "x86/mm: Found insecure W+X mapping at startup_64", 2,
                        "ptdump_pte_entry"),
     "lkdtm.log": ("lkdtm", "lkdtm: FAIL: survived bad write", 3, None),
+    # three times 10 s apart: one failure
+    "netdev_refcount.log": ("netdev_refcount",
+                            "unregister_netdevice: waiting for DEV to become free", 1, None),
 }
 
 

@@ -77,7 +77,7 @@ def test_failed_first_pass_is_one_failure() -> None:
     assert len(p.errors) == 8
     assert p.errors[0].message == "CPA 12 failed -22"
     assert [(f.kind, f.title) for f in boot.failures] == [
-        ("cpa_selftest", "CPA self-test NOT PASSED")]
+        ("cpa_selftest", "WARNING in pageattr_test")]
     assert len(done) == 1 and done[0].selftest is p
     assert analysis.verdict == "fail"
 
@@ -104,7 +104,7 @@ def test_warning_of_the_self_test_without_its_message_line() -> None:
     boot = analysis.boots[0]
     assert [p.result for p in boot.cpa_selftest] == ["fail"]
     assert [(f.kind, f.title) for f in boot.failures] == [
-        ("cpa_selftest", "CPA self-test NOT PASSED")]
+        ("cpa_selftest", "WARNING in pageattr_test")]
 
 
 def test_old_format_pass_and_fail() -> None:

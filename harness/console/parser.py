@@ -128,9 +128,10 @@ class ConsoleParser:
                 f"{self._cut_lines} lines longer than {MAX_LINE} characters were cut")
         dropped, times, first = self._dropped
         if times:
+            where = f"at line {first}" if times == 1 else f"{times} times, first at line {first}"
             self.analysis.notes.append(
-                f"the console dropped {dropped} printk messages ({times} times, first at line "
-                f"{first}): reports around there may be incomplete")
+                f"the console dropped {dropped} printk messages ({where}): reports around "
+                "there may be incomplete")
         if self._boot is not None:
             if self._open:
                 self._end_boot("end-of-log", None)
