@@ -92,7 +92,8 @@ LOCKDEP_HEADERS = (
 #   "WARNING: %s:%d at %pS, CPU#%d: %s/%d" (6.19 on, "bugs/core: Reorganize fields
 #   in the first line of WARNING output"; with DEBUG_BUGVERBOSE_DETAILED the file
 #   follows the WARN's condition in brackets; %pS prints 0x0 when the trap gives
-#   __warn() no caller address, and the function is then only in the RIP line),
+#   __warn() no caller address, as the x86 WARN reworked in late 2025 can, and
+#   the function is then only in the RIP line),
 #   "WARNING: at %s:%d %pS()" (2.6).
 # The first two have no-file variants, "... at %pS" and "WARNING: at %pS, CPU#...".
 WARNING_HEADER = r"WARNING: (?:CPU: \d+ PID: \d+ at |(?=.*, CPU#\d+: )|at )(?P<where>.*)"
@@ -100,8 +101,8 @@ WARNING_HEADER = r"WARNING: (?:CPU: \d+ PID: \d+ at |(?=.*, CPU#\d+: )|at )(?P<w
 # another report printed in the middle of it.
 WARNING_PID = re.compile(
     r"WARNING: (?:CPU: \d+ PID: (?P<pid>\d+) at |.*, CPU#\d+: .*/(?P<pid2>\d+)\s*$)")
-# dump_stack_print_info(): "CPU: %d UID: %u PID: %d Comm: %.20s ..." (6.10 on),
-# "CPU: %d PID: %d Comm: %.20s ..." before.
+# lib/dump_stack.c dump_stack_print_info(): "CPU: %d UID: %u PID: %d Comm: %.20s
+# ..." (6.12 prints it), "CPU: %d PID: %d Comm: %.20s ..." before the UID came.
 TASK_INFO = re.compile(r"CPU: \d+ (?:UID: \d+ )?PID: (?P<pid>\d+) Comm: ")
 
 HEADERS: tuple[HeaderSpec, ...] = (
@@ -385,9 +386,9 @@ PANIC_REBOOTING = re.compile(r"Rebooting in \d+ seconds\.\.")
 TRACE_START = re.compile(r"\s*Call [Tt]race:")
 # " ? func+0x12/0x40 [mod]", " [<ffffffff81234567>] ? func+0x12/0x40", "    func+0x1/0x2";
 # arm64 (6.14 on) marks where a frame came from after it, " func+0x1/0x2 (P)"
-# (arch/arm64/kernel/stacktrace.c): C the caller, T a task's saved state, P and L
-# the PC and link register of pt_regs, F/K an ftrace or kretprobe return
-# address; the mark is not part of the frame.
+# (arch/arm64/kernel/stacktrace.c state_source_string()): C the caller, T a
+# task's saved state, P the pt_regs PC, L its link register (later), U unknown;
+# the mark is not part of the frame.
 TRACE_FRAME = re.compile(
     r"(?:kmemleak:)?\s*(?:\[<[0-9a-f]+>\]\s*)?(?P<unreliable>\?\s+)?(?:\[<[0-9a-f]+>\]\s*)?"
     r"(?P<func>[A-Za-z_.$][\w.$]*)\+(?P<offset>0x[0-9a-f]+)/(?P<size>0x[0-9a-f]+)"

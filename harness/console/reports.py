@@ -90,8 +90,9 @@ PANIC_CONSEQUENCES: tuple[tuple[re.Pattern[str], frozenset[str] | None, int], ..
 )
 
 HEAD, TRACE, AFTER = 0, 1, 2
-# Lines after a WARNING line that can be its WARN() message: 6.19's x86 WARN
-# prints the message after the WARNING line, as kernels before 4.x did.
+# Lines after a WARNING line that can be its WARN() message: the x86 WARN
+# reworked in late 2025 prints the message after the WARNING line, as kernels
+# before 4.x did.
 LATE_MESSAGE_LINES = 2
 
 

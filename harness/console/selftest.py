@@ -104,8 +104,8 @@ class SelftestTracker:
             last = self._last_failed
             if last is not None and last.notes and last.notes[-1] == WARNING_FIRST \
                     and line.number - last.last_line <= 5:
-                # The message of the WARNING just seen: 6.19's x86 WARN prints it
-                # after the WARNING line.
+                # The message of the WARNING just seen: the reworked x86 WARN
+                # (late 2025) prints it after the WARNING line.
                 last.notes.pop()
                 last.last_line = line.number
                 return False, None

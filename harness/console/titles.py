@@ -8,8 +8,8 @@ root fs").
 The function: for the oops family and lockups, the RIP/EIP function (where
 the CPU was; with the ORC unwinder the faulting function itself is printed as
 an unreliable `?` frame and the first reliable frame is its caller). For
-WARNING and the sanitizers, the function their header names (a 6.19 WARNING
-line may name none: then the RIP's). Otherwise the
+WARNING and the sanitizers, the function their header names (a WARNING line
+may name none, `at 0x0`: then the RIP's). Otherwise the
 first reliable call-trace frame that is not a generic report, lock, sleep or
 allocation helper; then the RIP; then the first unreliable frame (a kernel
 without a reliable unwinder prints every frame with `?`).
@@ -329,7 +329,7 @@ def warning_where(m: re.Match[str]) -> tuple[str | None, str | None]:
 
 def warning_function(r: ReportFacts, func: str | None) -> str | None:
     """Where the WARN is: the function its WARNING line names, as printed; when it
-    names none (6.19's `at 0x0`), the RIP line's, then the first frame. Nothing
+    names none (`at 0x0`), the RIP line's, then the first frame. Nothing
     from the body of a report with another report's lines mixed in."""
     if func is not None:
         return normalize_function(func)
@@ -347,7 +347,7 @@ def warning_title(r: ReportFacts, m: re.Match[str]) -> str:
 
 def _warning(r: ReportFacts, m: re.Match[str]) -> tuple[str, str]:
     file, func = warning_where(m)
-    # A message line that came after the WARNING line (kernels before 4.x, 6.19's x86).
+    # A message line that came after the WARNING line (before 4.x; the reworked x86 WARN).
     if "cpa_not_passed" in r.names:
         return "cpa_selftest", warning_title(r, m)
     if "wx_found" in r.names:
