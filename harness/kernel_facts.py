@@ -40,17 +40,54 @@ class Fact:
                 f"known for {span})")
 
 
+@dataclass(frozen=True)
+class Avoid:
+    """Something the harness does not do to a kernel in this range: it breaks it."""
+
+    name: str           # what is avoided: "flush-accounting"
+    arches: tuple[str, ...]
+    since: str
+    until: str
+    why: str
+
+    def applies(self, arch: str, version: str) -> bool:
+        v = version_tuple(version)
+        since, until = version_tuple(self.since), version_tuple(self.until)
+        return (arch in self.arches and v is not None and (since is None or v >= since)
+                and (until is None or v < until))
+
+
+def _range(entry: dict[str, object]) -> tuple[str, str]:
+    return str(entry.get("since", "")), str(entry.get("until", ""))
+
+
 def parse(text: str) -> tuple[Fact, ...]:
-    facts = []
-    for f in tomllib.loads(text).get("fact", []):
-        facts.append(Fact(str(f["name"]), str(f["what"]), str(f.get("since", "")),
-                          str(f.get("until", "")), str(f["checks"])))
-    return tuple(facts)
+    return tuple(Fact(str(f["name"]), str(f["what"]), *_range(f), str(f["checks"]))
+                 for f in tomllib.loads(text).get("fact", []))
+
+
+def parse_avoid(text: str) -> tuple[Avoid, ...]:
+    return tuple(Avoid(str(a["name"]), tuple(a.get("arches", [])), *_range(a),
+                       " ".join(str(a["why"]).split()))
+                 for a in tomllib.loads(text).get("avoid", []))
 
 
 @functools.cache
 def load() -> tuple[Fact, ...]:
     return parse(FACTS_FILE.read_text())
+
+
+@functools.cache
+def load_avoid() -> tuple[Avoid, ...]:
+    return parse_avoid(FACTS_FILE.read_text())
+
+
+def avoided(name: str, arch: str, version: str) -> str | None:
+    """Why the harness must not do `name` on this kernel, or None."""
+    for a in load_avoid():
+        if a.name == name and a.applies(arch, version):
+            return f"not done on {arch} {version}: {a.why}"
+    return None
 
 
 def unchecked(version: str, facts: tuple[Fact, ...] | None = None) -> list[str]:

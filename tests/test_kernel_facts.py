@@ -32,3 +32,14 @@ def test_an_upper_bound() -> None:
     assert kernel_facts.unchecked("6.8.1", facts) == []
     assert kernel_facts.unchecked("6.9", facts) == [
         "x things: not checked on 6.9 (X is known for 5.10 to before 6.9)"]
+
+
+def test_flush_accounting_is_not_done_where_it_breaks_the_kernel() -> None:
+    for arch in ("i386", "i386-pae"):
+        for version in ("5.10.223", "6.1.192"):
+            why = kernel_facts.avoided("flush-accounting", arch, version)
+            assert why and why.startswith(f"not done on {arch} {version}: enabling the function")
+            assert "int3 in __text_poke" in why
+        assert kernel_facts.avoided("flush-accounting", arch, "6.12.117") is None
+    assert kernel_facts.avoided("flush-accounting", "x86_64", "6.1.192") is None
+    assert kernel_facts.avoided("flush-accounting", "i386", "") is None     # unknown: not

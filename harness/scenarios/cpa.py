@@ -255,6 +255,11 @@ def _profiler(g: Guest, res: CellResult) -> flush.Profiler | None:
     prof = flush.Profiler(g.run, show_times=kvm)
     res.flush = {"windows": [], "timing": "time per call shown (KVM)" if kvm else
                  "time per call withheld: under TCG it measures the emulator, not the CPU"}
+    # the running kernel, from its banner
+    avoid = kernel_facts.avoided("flush-accounting", res.arch, g.m.kernel() or "")
+    if avoid:
+        res.flush["unavailable"] = avoid
+        return None
     try:
         prof.setup()
         prof.start()
