@@ -249,10 +249,11 @@ def print_table(cells: list[CellResult], out: TextIO) -> None:
         for f in c.failures:
             tag = f"known: {f.known_reason[:70]}..." if f.known else "FAILED"
             out.write(f"  {c.name}: {f.kind}: {f.title} (line {f.line}) [{tag}]\n")
-    # Said once per kernel, not once per cell: every cell of a build lacks the same.
-    said: set[str] = set()
+    # Said once, with the arches it holds for: every cell of a build lacks the same.
+    arches: dict[str, list[str]] = {}
     for c in cells:
         for line in [*c.unavailable, *c.unchecked]:
-            if line not in said:
-                said.add(line)
-                out.write(f"  {c.arch}: {line}\n")
+            if c.arch not in arches.setdefault(line, []):
+                arches[line].append(c.arch)
+    for line, where in arches.items():
+        out.write(f"  {', '.join(where)}: {line}\n")
