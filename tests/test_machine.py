@@ -11,7 +11,8 @@ import pexpect
 import pytest
 
 from harness.arches import get_arch
-from harness.machine import CellDeadline, GuestExited, GuestHang, Machine, _Tee
+from harness.errors import InfraError
+from harness.machine import CellDeadline, GuestExited, GuestHang, Machine, _Tee, wait_ready
 from harness.qemu import QemuParams
 from harness.serial import new_nonce
 
@@ -152,3 +153,27 @@ def test_live_view_draws_a_status_line_under_the_log() -> None:
     assert "[0/2 done] x86_64-cpa 1s" in text
     assert "[1/2 done] building, preparing" in text
     assert text.endswith("\r\x1b[K")       # the status line is cleared at the end
+
+
+RUNNING_KERNEL = r'''
+printf '[    0.000000][    T0] Linux version 6.12.117 (cpa-harness@cpa-harness) #1 SMP\n'
+printf '[   31.000000][   T29] CPA self-test:\n'
+for i in 1 2 3; do printf '[   31.100000][   T29]  4k 2046 large 439 gb 0 x 333[c009c000-ddf4a000] miss 0\n'; done
+printf '[   31.200000][   T29] ok.\n'
+while :; do printf '[   32.000000][   T50] still printing\n'; sleep 0.2; done
+'''
+
+
+def test_no_ready_marker_from_a_running_kernel_is_not_a_hang(tmp_path: Path) -> None:
+    m = machine(tmp_path, "sh", "-c", RUNNING_KERNEL)
+    with pytest.raises(InfraError) as e:
+        wait_ready(m, 3)
+    assert "no ready marker from the guest's init within 3s, but the kernel was running " \
+           "(self-test pass at 0 s, last output 0 s ago)" in e.value.message
+    m.kill()
+    # silent from the start: nothing shows the kernel running, so it is a hang
+    m = machine(tmp_path, "sleep", "30")
+    m.last_output -= 60
+    with pytest.raises(GuestHang):
+        wait_ready(m, 1)
+    m.kill()
