@@ -158,7 +158,9 @@ def test_live_view_draws_a_status_line_under_the_log() -> None:
 RUNNING_KERNEL = r'''
 printf '[    0.000000][    T0] Linux version 6.12.117 (cpa-harness@cpa-harness) #1 SMP\n'
 printf '[   31.000000][   T29] CPA self-test:\n'
-for i in 1 2 3; do printf '[   31.100000][   T29]  4k 2046 large 439 gb 0 x 333[c009c000-ddf4a000] miss 0\n'; done
+for i in 1 2 3; do
+    printf '[   31.100000][   T29]  4k 2046 large 439 gb 0 x 333[c009c000-ddf4a000] miss 0\n'
+done
 printf '[   31.200000][   T29] ok.\n'
 while :; do printf '[   32.000000][   T50] still printing\n'; sleep 0.2; done
 '''
