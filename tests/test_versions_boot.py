@@ -81,8 +81,8 @@ def step(repo: Path, tmp: Path, mp: pytest.MonkeyPatch, cell: str,
     """`cpa-harness bisect-step` in the checkout, as `git bisect run` calls it."""
     log = tmp / "steps.jsonl"
     mp.chdir(repo)
-    code = main(["bisect-step", "--cell", cell, "--steps-dir", str(tmp / "steps"),
-                 "--log", str(log), *extra])
+    code = main(["bisect-step", "--cell", cell, "--any-failure", "--steps-dir",
+                 str(tmp / "steps"), "--log", str(log), *extra])
     rec: dict[str, Any] = json.loads(log.read_text().splitlines()[-1])
     return code, rec
 
