@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.rundir import read_run  # noqa: E402
+from harness.results.rundir import read_run  # noqa: E402
 
 
 def main() -> int:

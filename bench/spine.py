@@ -29,11 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import build as kbuild
-from harness import paths, source
+from harness import paths
 from harness.arches import ARCHES, get_arch
 from harness.cells import KERNEL_FRAGMENTS, SMOKE
 from harness.cli import main as cli_main
+from harness.kernel import build as kbuild
+from harness.kernel import source
 
 INIT_RE = re.compile(r"\[\s*(\d+\.\d+)\](?:\[\s*[TC]\d+\])?\s+Run /init as init process")
 

@@ -21,12 +21,13 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from harness import __version__, kconfig, known_issues, paths, source
+from harness import __version__, paths
 from harness.arches import ARCHES, get_arch
 from harness.cells import ALL_CELLS, KERNEL_FRAGMENTS, SMOKE, Cell, Expect
+from harness.console import known as known_issues
 from harness.errors import BuildError, HarnessError, InfraError, UserError
-from harness.kexec import METHODS, check_method
-from harness.results import (
+from harness.kernel import kconfig, source
+from harness.results.cell import (
     EXIT_INTERRUPTED,
     CellResult,
     Verdict,
@@ -34,6 +35,7 @@ from harness.results import (
     run_exit_code,
     summary_line,
 )
+from harness.scenarios.kexec import METHODS, check_method
 
 
 class _Parser(argparse.ArgumentParser):
@@ -239,7 +241,7 @@ def matrix_id(path: Path | None) -> dict[str, str]:
 
 
 def _do_resume(args: argparse.Namespace) -> int:
-    from harness.rundir import read_run
+    from harness.results.rundir import read_run
 
     run = args.resume
     summary, previous = read_run(run)
@@ -363,7 +365,7 @@ def _run_ref(ref: str) -> str | Path:
 def _publish(run_dir: Path, db: Path | None) -> None:
     """KCIDB JSON beside the results, and the run in the history store. Neither
     may cost the results already written: a failure is one warning line."""
-    from harness import history, html, kcidb
+    from harness.results import history, html, kcidb
     for what, do in (("KCIDB JSON", lambda: kcidb.write_kcidb(run_dir)),
                      ("HTML report", lambda: html.write_html(run_dir)),
                      ("history", lambda: history.record_run(db or history.default_db(),
@@ -375,7 +377,7 @@ def _publish(run_dir: Path, db: Path | None) -> None:
 
 
 def _do_build(args: argparse.Namespace) -> int:
-    from harness import build
+    from harness.kernel import build
     arch = get_arch(args.arch)
     _check_source(args)
     src = source.with_patches(source.resolve(args.tree, paths.cache_dir()),
@@ -425,32 +427,32 @@ def main(argv: list[str]) -> int:
                         smp=args.smp, expect=Expect(), kexec=tuple(args.kexec))
             return _do_run(args, [cell])
         if args.command == "ssh":
-            from harness.session import ssh_into_run
+            from harness.scenarios.session import ssh_into_run
             return ssh_into_run(args.run, args.cell, args.remote, sys.stdout)
         if args.command == "build":
             return _do_build(args)
         if args.command in ("bisect", "bisect-step"):
             return _do_bisect(args)
         if args.command == "merge":
-            from harness.merge import merge
+            from harness.results.merge import merge
             merged = merge(args.out, args.runs)
             print_table(merged, sys.stdout)
             _publish(args.out, None)
             sys.stdout.write(f"\nmerged {len(args.runs)} runs into {args.out}\n")
             return run_exit_code([r.verdict for r in merged])
         if args.command == "history":
-            from harness import history
+            from harness.results import history
             sys.stdout.write(history.format_runs(history.list_runs(args.db or
                                                                    history.default_db())))
             return 0
         if args.command == "compare":
-            from harness import history
+            from harness.results import history
             c = history.compare(args.db or history.default_db(), _run_ref(args.run_a),
                                 _run_ref(args.run_b))
             sys.stdout.write(history.format_comparison(c))
             return 1 if c.has_regressions else 0
         if args.command == "report":
-            from harness.rundir import read_run
+            from harness.results.rundir import read_run
             loaded = read_run(args.run)[1]
             print_table(loaded, sys.stdout)
             return run_exit_code([r.verdict for r in loaded])

@@ -10,11 +10,13 @@ import subprocess
 from pathlib import Path
 from typing import TextIO
 
-from harness import build as kbuild
-from harness import debian, qemu, source
 from harness.arches import ARCHES, I386, X86_64
 from harness.errors import HarnessError
+from harness.image import debian
+from harness.kernel import build as kbuild
+from harness.kernel import source
 from harness.paths import GUEST_DIR
+from harness.target import qemu
 
 SETUP_HINT = "run ci/setup.sh"
 

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import kconfig
 from harness.arches import ARCHES, get_arch
 from harness.cells import KERNEL_FRAGMENTS, Cell, Expect
 from harness.errors import UserError
-from harness.kexec import METHODS, check_method
-from harness.qemu import BASE_CMDLINE
-from harness.serial import NONCE_PARAM
+from harness.kernel import kconfig
+from harness.scenarios.kexec import METHODS, check_method
+from harness.target.qemu import BASE_CMDLINE
+from harness.target.serial import NONCE_PARAM
 
 # A cell's name is a directory name in every run: 128 characters are plenty.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

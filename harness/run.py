@@ -23,14 +23,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO, TypeVar, cast
 
-from harness import build as kbuild
-from harness import initramfs, kexec, machine, qemu, runtime, source
 from harness.cells import Cell
+from harness.console.known import KnownIssue
 from harness.errors import BuildError, HarnessError, OptionsDropped
-from harness.known_issues import KnownIssue
-from harness.results import CellResult, Verdict, write_cell, write_summary
-from harness.scenarios import cpa, selfcheck
-from harness.ssh import generate_client_key
+from harness.image import initramfs
+from harness.kernel import build as kbuild
+from harness.kernel import source
+from harness.probes import runtime
+from harness.results.cell import CellResult, Verdict, write_cell, write_summary
+from harness.scenarios import cpa, kexec, selfcheck
+from harness.target import machine, qemu
+from harness.target.ssh import generate_client_key
 
 
 @dataclass
@@ -290,8 +293,7 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
 def run_session(cell: Cell, opts: RunOptions, run_dir: Path, cache: Path, mode: str,
                 out: TextIO) -> CellResult:
     """One cell booted for a person (session.run), in this thread: it owns the terminal."""
-    from harness import session
-
+    from harness.scenarios import session
     res = CellResult(name=cell.name, arch=cell.arch)
 
     def keep(r: CellResult) -> None:

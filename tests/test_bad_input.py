@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 from helpers import fake_kernel_tree
 
-from harness import build, run, source
+from harness import run
 from harness.cli import main
-from harness.qemu import BASE_CMDLINE
+from harness.kernel import build, source
+from harness.target.qemu import BASE_CMDLINE
 
 LOGS = Path(__file__).parent / "data" / "logs"
 # Bytes that are not UTF-8 (0x80-0xff), with NULs and every control byte among them.
@@ -377,9 +378,9 @@ def test_hostile_cmdline_is_one_argv_word(cmdline: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     """--show-command prints a shell quoting of QEMU's argv that round-trips
     through shlex, and nothing in the line is ever run by a shell."""
-    from harness.build import Build
-    from harness.qemu import AccelChoice
+    from harness.kernel.build import Build
     from harness.scenarios.cpa import CellContext
+    from harness.target.qemu import AccelChoice
 
     pwned = tmp_path / "pwned"
     cmdline = cmdline.format(pwned=pwned)

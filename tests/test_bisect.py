@@ -18,7 +18,7 @@ import pytest
 from harness import bisect
 from harness.cells import ALL_CELLS
 from harness.errors import UserError
-from harness.results import CellResult, FailureRecord, Verdict
+from harness.results.cell import CellResult, FailureRecord, Verdict
 
 CELL = ALL_CELLS[0]
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import paths, source
+from harness import paths
 from harness.cli import main
+from harness.kernel import source
 
 pytestmark = pytest.mark.boot
 

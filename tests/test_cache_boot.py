@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import build, paths, source
+from harness import paths
 from harness.arches import get_arch
 from harness.cells import KERNEL_FRAGMENTS
-from harness.initramfs import build_initramfs
+from harness.image.initramfs import build_initramfs
+from harness.kernel import build, source
 
 pytestmark = pytest.mark.boot
 

@@ -85,7 +85,7 @@ def test_out_dir_not_creatable(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_ssh_takes_cell_after_the_run_and_a_command_after_dashes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import session
+    from harness.scenarios import session
     seen: list[tuple[Path, str | None, list[str]]] = []
     monkeypatch.setattr(session, "ssh_into_run",
                         lambda run, cell, command, out: seen.append((run, cell, command)) or 0)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.console import Analysis, Boot, ConsoleParser, Failure, Frame
+from harness.console.symbolize import LineTable, frame_address, symbolize
 from harness.errors import UserError
-from harness.symbolize import LineTable, frame_address, symbolize
 
 WARNING = (
     "[    5.000000] ------------[ cut here ]------------\n"

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from harness import debian
-from harness.debian import (
+from harness.errors import InfraError, UserError
+from harness.image import debian
+from harness.image.debian import (
     COMPLETE_STAMP,
     DebFile,
     download_packages,
@@ -21,7 +22,6 @@ from harness.debian import (
     read_package_list,
     root_dir,
 )
-from harness.errors import InfraError, UserError
 from harness.paths import GUEST_DIR
 
 

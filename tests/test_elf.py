@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from harness.arches import get_arch
-from harness.debian import fetch_packages, read_package_list
-from harness.elf import (
+from harness.errors import InfraError, UserError
+from harness.image.debian import fetch_packages, read_package_list
+from harness.kernel.elf import (
     check_arch,
     check_vmlinux,
     elf_info,
@@ -21,7 +22,6 @@ from harness.elf import (
     needed_closure,
     resolve_in_root,
 )
-from harness.errors import InfraError, UserError
 from harness.paths import GUEST_DIR
 
 HOST_LS = Path("/bin/ls")

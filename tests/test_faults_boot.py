@@ -18,10 +18,10 @@ from helpers import qemu_pids, wait_for_file
 
 from harness import paths
 from harness.cells import SMOKE
-from harness.results import Verdict
+from harness.results.cell import Verdict
 from harness.run import RunOptions, run_cells
 from harness.scenarios import cpa
-from harness.ssh import free_port
+from harness.target.ssh import free_port
 
 pytestmark = pytest.mark.boot
 

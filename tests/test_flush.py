@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import flush
+from harness.probes import flush
 
 DATA = Path(__file__).parent / "data" / "flush"
 X86_64 = (DATA / "x86_64-trace_stat.txt").read_text()

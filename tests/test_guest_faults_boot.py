@@ -27,9 +27,10 @@ from pathlib import Path
 import pytest
 from helpers import guest_command, wait_for_file
 
-from harness import known_issues, paths
+from harness import paths
 from harness.cells import SMOKE
-from harness.results import CellResult, Verdict
+from harness.console import known as known_issues
+from harness.results.cell import CellResult, Verdict
 from harness.run import RunOptions, run_cells
 from harness.scenarios.cpa import Timeouts
 

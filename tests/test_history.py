@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from harness import history
 from harness.errors import UserError
+from harness.results import history
 
 DATA = Path(__file__).parent / "data" / "runs" / "history-a"
 CELL = "x86_64-gbpages"

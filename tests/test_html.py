@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from harness.html import write_html
+from harness.results.html import write_html
 
 SAMPLE = Path(__file__).parent / "data" / "runs" / "sample"
 CELL = "x86_64-gbpages"

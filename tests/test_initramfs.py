@@ -16,17 +16,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import debian, initramfs
 from harness.arches import Arch, get_arch
-from harness.debian import fetch_packages, read_package_list
-from harness.elf import elf_info
 from harness.errors import UserError
-from harness.initramfs import (
+from harness.image import debian, initramfs
+from harness.image.debian import fetch_packages, read_package_list
+from harness.image.initramfs import (
     CpioWriter,
     assemble,
     build_initramfs,
     busybox_applets,
 )
+from harness.kernel.elf import elf_info
 from harness.paths import GUEST_DIR
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFGIGw03CGkaUjCGiJR4rxap16TBH0h46dgHyoSwG+Y8 test"

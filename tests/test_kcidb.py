@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from harness import kcidb
 from harness.cells import SMOKE
 from harness.errors import BuildError, InfraError, UserError
+from harness.results import kcidb
 from harness.run import _error_result
 
 SAMPLE = Path(__file__).parent / "data" / "runs" / "sample"

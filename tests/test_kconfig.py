@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import kconfig, kconfig_options
 from harness.arches import ARCHES
-from harness.build import fragments_for
 from harness.errors import UserError
+from harness.kernel import kconfig
+from harness.kernel import options as kconfig_options
+from harness.kernel.build import fragments_for
 
 FAKE_KCONFIG = """\
 menuconfig RUNTIME_TESTING_MENU

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness import kernel_facts
+from harness.kernel import facts as kernel_facts
 
 
 def names(version: str) -> set[str]:

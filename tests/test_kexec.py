@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import kexec
 from harness.arches import get_arch
 from harness.errors import UserError
-from harness.initramfs import GUEST_BINARIES  # noqa: F401  (kexec-tools is in the guest)
-from harness.serial import new_nonce
+from harness.image.initramfs import GUEST_BINARIES  # noqa: F401  (kexec-tools is in the guest)
+from harness.scenarios import kexec
+from harness.target.serial import new_nonce
 
 DATA = Path(__file__).parent / "data" / "kexec"
 X86_64, I386, I386_PAE = get_arch("x86_64"), get_arch("i386"), get_arch("i386-pae")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import known_issues
+from harness.console import known as known_issues
 from harness.errors import UserError
 from harness.paths import KNOWN_ISSUES
 

@@ -12,9 +12,9 @@ import pytest
 
 from harness.arches import get_arch
 from harness.errors import InfraError
-from harness.machine import CellDeadline, GuestExited, GuestHang, Machine, _Tee, wait_ready
-from harness.qemu import QemuParams
-from harness.serial import new_nonce
+from harness.target.machine import CellDeadline, GuestExited, GuestHang, Machine, _Tee, wait_ready
+from harness.target.qemu import QemuParams
+from harness.target.serial import new_nonce
 
 
 def machine(tmp_path: Path, program: str, *args: str) -> Machine:

@@ -170,7 +170,7 @@ def test_resume_refuses_another_matrix(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_a_summary_never_chooses_what_else_is_read(tmp_path: Path) -> None:
-    from harness.rundir import read_run
+    from harness.results.rundir import read_run
     run = _run_dir(tmp_path, "r", {"x1": "pass"})
     summary = json.loads((run / "summary.json").read_text())
     summary["cells"][0]["result"] = "../../../../etc/passwd"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import qemu
 from harness.arches import ARCHES
+from harness.target import qemu
 
 
 @pytest.mark.parametrize("name", sorted(ARCHES))

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import as_from_a_terminal
 
-from harness import qmp
 from harness.proc import die_with_parent
+from harness.target import qmp
 
 QEMU = "qemu-system-x86_64"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import runtime
+from harness.probes import runtime
 
 DATA = Path(__file__).parent / "data" / "runtime"
 CMDLINE = (DATA / "x86_64-proc-cmdline.txt").read_text()

@@ -8,10 +8,10 @@ import ast
 import stat
 from pathlib import Path
 
-from harness import qmp
 from harness.arches import get_arch
-from harness.qemu import QemuParams, qemu_argv
-from harness.ssh import free_port, generate_client_key
+from harness.target import qmp
+from harness.target.qemu import QemuParams, qemu_argv
+from harness.target.ssh import free_port, generate_client_key
 
 HARNESS = Path(__file__).parent.parent / "harness"
 

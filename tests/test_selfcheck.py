@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from harness.build import Build
 from harness.cells import SELFCHECK
-from harness.qemu import AccelChoice
-from harness.results import Verdict
+from harness.kernel.build import Build
+from harness.results.cell import Verdict
 from harness.scenarios import selfcheck
 from harness.scenarios.cpa import CellContext
+from harness.target.qemu import AccelChoice
 
 NO_LKDTM = {"feature": "lkdtm", "title": "LKDTM", "options": ["CONFIG_LKDTM"],
             "why": ["depends on RUNTIME_TESTING_MENU [=n]"],

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from harness.serial import SerialView, new_nonce, ready_re
-from harness.ssh import host_key_lines
+from harness.target.serial import SerialView, new_nonce, ready_re
+from harness.target.ssh import host_key_lines
 
 BOOT_ID = "c4da2ef0-b3fb-4682-8cbf-96a34baff480"
 # Seen in tests/test_selfcheck_boot.py's SOFTLOCKUP boot (i386): the kernel's

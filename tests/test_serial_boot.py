@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import build as kbuild
-from harness import paths, source
+from harness import paths
 from harness.arches import get_arch
 from harness.cells import KERNEL_FRAGMENTS
-from harness.initramfs import build_initramfs
-from harness.machine import Machine, wait_ready
-from harness.qemu import QemuParams
-from harness.serial import new_nonce
+from harness.image.initramfs import build_initramfs
+from harness.kernel import build as kbuild
+from harness.kernel import source
+from harness.target.machine import Machine, wait_ready
+from harness.target.qemu import QemuParams
+from harness.target.serial import new_nonce
 
 pytestmark = pytest.mark.boot
 

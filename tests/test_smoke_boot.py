@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from harness import build as kbuild
-from harness import paths, source
+from harness import paths
 from harness.arches import get_arch
 from harness.cells import KERNEL_FRAGMENTS
 from harness.cli import main
+from harness.kernel import build as kbuild
+from harness.kernel import source
 
 pytestmark = pytest.mark.boot
 
@@ -81,7 +82,7 @@ def test_each_cell_was_checked_over_ssh(smoke: tuple[int, Path], name: str) -> N
 
 def test_the_run_is_published(smoke: tuple[int, Path]) -> None:
     """KCIDB JSON that kcidb-io accepts, and the run in the history store."""
-    from harness import history, kcidb
+    from harness.results import history, kcidb
     out = smoke[1]
     doc = json.loads((out / "kcidb.json").read_text())
     kcidb.validate(doc)

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from helpers import fake_kernel_tree
 
-from harness import source
 from harness.errors import UserError
+from harness.kernel import source
 
 PATCH = """\
 --- a/arch/x86/mm/pat/cpa-test.c

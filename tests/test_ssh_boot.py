@@ -25,16 +25,18 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from harness import build as kbuild
-from harness import flush, paths, source, stats
+from harness import paths
 from harness.arches import get_arch
 from harness.cells import KERNEL_FRAGMENTS
 from harness.errors import InfraError
-from harness.initramfs import build_initramfs
-from harness.machine import Machine
-from harness.qemu import QemuParams
-from harness.serial import new_nonce
-from harness.ssh import (
+from harness.image.initramfs import build_initramfs
+from harness.kernel import build as kbuild
+from harness.kernel import source
+from harness.probes import flush, stats
+from harness.target.machine import Machine
+from harness.target.qemu import QemuParams
+from harness.target.serial import new_nonce
+from harness.target.ssh import (
     HOSTKEY_RE,
     GuestSsh,
     HostKeyMismatch,

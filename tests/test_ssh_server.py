@@ -15,7 +15,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from harness.ssh import GuestSsh, SshTimeout, generate_client_key
+from harness.target.ssh import GuestSsh, SshTimeout, generate_client_key
 
 
 class _Stalls(paramiko.ServerInterface):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import stats
+from harness.probes import stats
 
 DATA = Path(__file__).parent / "data" / "stats"
 GUESTS = {  # capture prefix -> arch

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from harness import known_issues
 from harness.cells import SMOKE, Cell
+from harness.console import known as known_issues
 from harness.paths import KNOWN_ISSUES
-from harness.results import CellResult, Verdict, run_exit_code, write_junit
+from harness.results.cell import CellResult, Verdict, run_exit_code, write_junit
 from harness.scenarios.cpa import _fill_from_analysis, _judge
 
 LOGS = Path(__file__).parent / "data" / "logs"

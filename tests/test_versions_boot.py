@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
-from harness import paths, source
+from harness import paths
 from harness.cli import main
+from harness.kernel import source
 
 pytestmark = pytest.mark.boot
 

@@ -261,6 +261,6 @@ def parse_path(path: str | os.PathLike[str], vmlinux: str | os.PathLike[str] | N
                         "check the file's permissions") from None
     analysis = parser.finish()
     if vmlinux is not None:
-        from harness.symbolize import symbolize
+        from harness.console.symbolize import symbolize
         symbolize(analysis, vmlinux)
     return analysis

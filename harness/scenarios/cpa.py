@@ -16,19 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import flush, kernel_facts, kexec, runtime, stats
-from harness.build import Build
 from harness.cells import Cell
 from harness.console import Failure
+from harness.console.known import KnownIssue
+from harness.console.known import match as match_known
 from harness.errors import HarnessError, InfraError, UserError
-from harness.guest import Guest, SshAccess
-from harness.known_issues import KnownIssue
-from harness.known_issues import match as match_known
-from harness.machine import FailureSeen, GuestExited, GuestHang, Machine
-from harness.qemu import AccelChoice, QemuParams, show_command
-from harness.results import CellResult, FailureRecord, Verdict, write_json
-from harness.serial import NONCE_PARAM, new_nonce
-from harness.ssh import free_port
+from harness.kernel import facts as kernel_facts
+from harness.kernel.build import Build
+from harness.probes import flush, runtime, stats
+from harness.results.cell import CellResult, FailureRecord, Verdict, write_json
+from harness.scenarios import kexec
+from harness.target.guest import Guest, SshAccess
+from harness.target.machine import FailureSeen, GuestExited, GuestHang, Machine
+from harness.target.qemu import AccelChoice, QemuParams, show_command
+from harness.target.serial import NONCE_PARAM, new_nonce
+from harness.target.ssh import free_port
 
 SELFTEST_PERIOD = 30.0
 

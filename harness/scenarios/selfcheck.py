@@ -16,11 +16,11 @@ from typing import Any
 
 from harness.cells import Cell
 from harness.errors import HarnessError
-from harness.kconfig import unavailable_line
-from harness.machine import GuestExited, GuestHang, Machine, wait_ready
-from harness.qemu import show_command
-from harness.results import CellResult, Verdict
+from harness.kernel.kconfig import unavailable_line
+from harness.results.cell import CellResult, Verdict
 from harness.scenarios.cpa import CellContext, Timeouts, new_result, qemu_params
+from harness.target.machine import GuestExited, GuestHang, Machine, wait_ready
+from harness.target.qemu import show_command
 
 DIRECT = "/sys/kernel/debug/provoke-crash/DIRECT"
 # Results that are the harness's own failure (retried once), not the kernel's

@@ -21,14 +21,14 @@ from typing import TextIO
 
 import paramiko
 
-from harness import runtime, stats
 from harness.cells import Cell
 from harness.errors import HarnessError, InfraError, UserError
-from harness.guest import Guest, qemu_running, read_guest_file
-from harness.machine import FailureSeen, GuestExited, GuestHang
-from harness.results import CellResult, Verdict
+from harness.probes import runtime, stats
+from harness.results.cell import CellResult, Verdict
 from harness.scenarios import cpa
-from harness.ssh import GuestSsh
+from harness.target.guest import Guest, qemu_running, read_guest_file
+from harness.target.machine import FailureSeen, GuestExited, GuestHang
+from harness.target.ssh import GuestSsh
 
 ESCAPE = "\x1d"     # Ctrl-]: leaves the serial console, as in telnet
 

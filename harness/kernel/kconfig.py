@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.kconfig_options import Feature, Knowledge
+from harness.kernel.options import Feature, Knowledge
 from harness.paths import CONFIGS_DIR
 
 SET_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InfraError, UserError
-from harness.results import CellResult, write_cell, write_summary
-from harness.rundir import read_run, read_summary
+from harness.results.cell import CellResult, write_cell, write_summary
+from harness.results.rundir import read_run, read_summary
 
 
 def merge(out: Path, runs: list[Path]) -> list[CellResult]:

@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import elf
 from harness.arches import Arch
 from harness.errors import UserError
-from harness.serial import NONCE_PARAM
+from harness.kernel import elf
+from harness.target.serial import NONCE_PARAM
 
 METHODS: dict[str, tuple[str, str]] = {
     # method: (kexec-tools flags, the option the kernel needs). -s only picks the

@@ -38,10 +38,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import flush, paths
+from harness import paths
 from harness.errors import InfraError, UserError
-from harness.results import Verdict
-from harness.rundir import read_json, read_run
+from harness.probes import flush
+from harness.results.cell import Verdict
+from harness.results.rundir import read_json, read_run
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0   # a writer holds the lock for milliseconds; a minute is generous

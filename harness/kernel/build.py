@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import elf, kconfig, kconfig_options, paths
+from harness import paths
 from harness.arches import Arch
 from harness.errors import BuildError, InfraError, OptionsDropped, UserError
+from harness.kernel import elf, kconfig
+from harness.kernel import options as kconfig_options
+from harness.kernel.source import Source
 from harness.proc import die_with_parent, kill_group
-from harness.source import Source
 
 CACHE_VERSION = "1"
 HOST_TOOLS = ("make", "gcc", "flex", "bison", "bc", "perl")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.results import CellResult, FailureRecord, Verdict
+from harness.results.cell import CellResult, FailureRecord, Verdict
 
 # What run.py names cell directories by: the matrix's cell names (matrix.NAME_RE).
 CELL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

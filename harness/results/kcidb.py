@@ -25,8 +25,8 @@ from typing import Any
 
 from harness.arches import ARCHES
 from harness.errors import InfraError, UserError
-from harness.results import CellResult, Verdict, write_json
-from harness.rundir import read_cell, read_summary
+from harness.results.cell import CellResult, Verdict, write_json
+from harness.results.rundir import read_cell, read_summary
 
 ORIGIN = "cpa_harness"
 # Written against this schema version of kcidb-io (its LATEST when written);

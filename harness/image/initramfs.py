@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from harness import debian, paths
-from harness import elf as elf_module
+from harness import paths
 from harness.arches import Arch
-from harness.elf import ELF_MAGIC, check_arch, elf_info_data, needed_closure
 from harness.errors import InfraError, UserError
+from harness.image import debian
+from harness.kernel import elf as elf_module
+from harness.kernel.elf import ELF_MAGIC, check_arch, elf_info_data, needed_closure
 from harness.paths import GUEST_DIR
 
 # Bump when the archive layout or assembly changes: it is part of the cache key.

@@ -19,10 +19,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from harness import flush
 from harness.errors import InfraError
-from harness.results import CellResult
-from harness.rundir import read_run
+from harness.probes import flush
+from harness.results.cell import CellResult
+from harness.results.rundir import read_run
 
 # Largest first: a bar reads as "how much is still in big pages" from the left.
 PAGE_SIZES = ("1G", "2M", "4M", "4k")

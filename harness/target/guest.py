@@ -17,8 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InfraError
-from harness.machine import GuestHang, Machine, pid_running, wait_ready
-from harness.ssh import Completed, GuestSsh, SshError, SshNoAnswer, SshTimeout, host_key_lines
+from harness.target.machine import GuestHang, Machine, pid_running, wait_ready
+from harness.target.ssh import (
+    Completed,
+    GuestSsh,
+    SshError,
+    SshNoAnswer,
+    SshTimeout,
+    host_key_lines,
+)
 
 Runner = Callable[[str], tuple[int, str]]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from harness.arches import Arch
 from harness.errors import InfraError
 from harness.proc import die_with_parent
-from harness.serial import NONCE_PARAM, SerialView, new_nonce, ready_re
+from harness.target.serial import NONCE_PARAM, SerialView, new_nonce, ready_re
 
 # Always on the guest's command line: the console on the first serial port, and
 # a panic that ends QEMU (with -no-reboot) instead of leaving a dead guest.

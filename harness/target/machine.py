@@ -22,12 +22,12 @@ from typing import IO, Any
 
 import pexpect
 
-from harness import qmp
 from harness.console import BootStarted, ConsoleParser, Failure, FailureFound, SelftestDone
 from harness.errors import HarnessError, InfraError
 from harness.proc import die_with_parent
-from harness.qemu import QemuParams, qemu_argv
-from harness.serial import SerialView, ready_re
+from harness.target import qmp
+from harness.target.qemu import QemuParams, qemu_argv
+from harness.target.serial import SerialView, ready_re
 
 # printk lines (PRINTK_TIME is on) that land in the middle of a command's output
 KMSG_RE = re.compile(r"^\s*(<\d+>)?\[\s*\d+\.\d+\]")

@@ -13,9 +13,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.known_issues import version_tuple
+from harness.console.known import version_tuple
 
-FACTS_FILE = Path(__file__).parent / "data" / "kernel-facts.toml"
+FACTS_FILE = Path(__file__).parent.parent / "data" / "kernel-facts.toml"
 
 
 @dataclass(frozen=True)
