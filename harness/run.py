@@ -32,8 +32,11 @@ from harness.kernel import source
 from harness.probes import runtime
 from harness.results.cell import CellResult, Verdict, write_cell, write_summary
 from harness.scenarios import cpa, kexec, selfcheck
-from harness.target import machine, qemu
+from harness.scenarios.context import CellContext
+from harness.target import qemu
+from harness.target.base import Fleet
 from harness.target.ssh import generate_client_key
+from harness.target.vm import QemuTargets
 
 
 @dataclass
@@ -85,7 +88,7 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
             "cells_requested": [c.name for c in cells], "interrupted": False, **(meta or {})}
 
     failed = False
-    machine.stopping.clear()    # a new run in this process may start guests again
+    fleet = Fleet()     # this run's guests and its stop flag
 
     written: set[str] = set()
 
@@ -106,15 +109,16 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
         meta["source_id"] = src.id
         meta["kernel_version"] = src.version
         say(out, f"source: {src.id} ({src.version})")
-        runnable = _prepare(cells, opts, src, run_dir, cache, finish, out)
+        runnable = _prepare(cells, opts, src, run_dir, cache, finish, out, fleet)
         if opts.show_command:
             for cell, ctx in runnable:
-                out.write(f"{cell.name}: {qemu.show_command(cpa.qemu_params(cell, ctx))}\n")
+                out.write(f"{cell.name}: {ctx.targets.command()}\n")
             return list(results.values())
         pool = ThreadPoolExecutor(max_workers=max(1, opts.jobs))
         try:
             budget = MemoryBudget.of_host()
-            futures = [pool.submit(_run_one, cell, ctx, out, budget) for cell, ctx in runnable]
+            futures = [pool.submit(_run_one, cell, ctx, out, fleet, budget)
+                       for cell, ctx in runnable]
             for fut in as_completed(futures):
                 finish(fut.result())
         except (KeyboardInterrupt, HarnessError) as stop:
@@ -122,7 +126,7 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
             # their threads end now, and what finished is written if it can be
             # (what stopped the run may be that results cannot be written).
             pool.shutdown(wait=False, cancel_futures=True)
-            machine.kill_all()
+            fleet.stop()
             for fut in futures:
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
                     with contextlib.suppress(HarnessError):
@@ -233,7 +237,7 @@ def _once(memo: dict[Any, Any], key: object, make: Callable[[], T]) -> T:
 
 def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: Path,
              cache: Path, finish: Callable[[CellResult], None],
-             out: TextIO) -> list[tuple[Cell, cpa.CellContext]]:
+             out: TextIO, fleet: Fleet) -> list[tuple[Cell, CellContext]]:
     """Builds, guest images and accelerator choices, each made once and shared."""
     memo: dict[Any, Any] = {}
     runnable = []
@@ -282,9 +286,10 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
             if cell.ssh:
                 img = _once(memo, ("keyed", cell.arch), partial(keyed, cell.arch, img))
                 key = run_dir / "ssh" / "id_rsa"
-            runnable.append((cell, cpa.CellContext(b, img, acc, run_dir / "cells" / cell.name,
-                                                   opts.known, ssh_key=key,
-                                                   kexec_image=target)))
+            targets = QemuTargets(cell, b.image, img, acc, fleet, ssh_key=key)
+            runnable.append((cell, CellContext(b, targets, img, run_dir / "cells" / cell.name,
+                                               opts.known, acc.accel, acc.reason,
+                                               kexec_image=target)))
         except HarnessError as e:
             finish(_error_result(cell, e))
     return runnable
@@ -305,7 +310,7 @@ def run_session(cell: Cell, opts: RunOptions, run_dir: Path, cache: Path, mode: 
     meta = {"started": time.time(), "host": platform.node(), "tree": opts.tree or "debian",
             "source_id": src.id, "kernel_version": src.version, "session": mode}
     try:
-        for c, ctx in _prepare([cell], opts, src, run_dir, cache, keep, out):
+        for c, ctx in _prepare([cell], opts, src, run_dir, cache, keep, out, Fleet()):
             ctx.cell_dir.mkdir(parents=True, exist_ok=True)
             res = session.run(c, ctx, run_dir, mode, out)
     finally:
@@ -327,7 +332,7 @@ def _error_result(cell: Cell, e: HarnessError) -> CellResult:
                       dropped_options=list(e.options) if isinstance(e, OptionsDropped) else [])
 
 
-SCENARIOS: dict[str, Callable[[Cell, cpa.CellContext], CellResult]] = {
+SCENARIOS: dict[str, Callable[[Cell, CellContext], CellResult]] = {
     "cpa": cpa.run,
     "selfcheck": selfcheck.run,
 }
@@ -375,13 +380,13 @@ class MemoryBudget:
                 self.cond.notify_all()
 
 
-def _run_one(cell: Cell, ctx: cpa.CellContext, out: TextIO,
+def _run_one(cell: Cell, ctx: CellContext, out: TextIO, fleet: Fleet,
              budget: MemoryBudget | None = None) -> CellResult:
     with budget.hold(cell.memory_mb) if budget else nullcontext():
-        return _attempts(cell, ctx, out)
+        return _attempts(cell, ctx, out, fleet)
 
 
-def _attempts(cell: Cell, ctx: cpa.CellContext, out: TextIO) -> CellResult:
+def _attempts(cell: Cell, ctx: CellContext, out: TextIO, fleet: Fleet) -> CellResult:
     """Run a cell; an infrastructure error (QEMU, ssh, a taken port) gets one more try.
 
     A kernel-side failure is never retried: a flaky kernel must not pass on
@@ -390,9 +395,9 @@ def _attempts(cell: Cell, ctx: cpa.CellContext, out: TextIO) -> CellResult:
     ctx.cell_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(out, Live):
         out.started(cell.name)
-    say(out, f"[{cell.name}] started ({cell.arch}, {ctx.accel.accel}, {ctx.cell_dir})")
+    say(out, f"[{cell.name}] started ({cell.arch}, {ctx.accel}, {ctx.cell_dir})")
     res = SCENARIOS[cell.scenario](cell, ctx)
-    if res.verdict != Verdict.INFRA_ERROR or machine.stopping.is_set():
+    if res.verdict != Verdict.INFRA_ERROR or fleet.stopping.is_set():
         return res
     for name in ("serial.log", "serial.qmp.jsonl"):
         first = ctx.cell_dir / name

@@ -379,8 +379,10 @@ def test_hostile_cmdline_is_one_argv_word(cmdline: str, tmp_path: Path,
     """--show-command prints a shell quoting of QEMU's argv that round-trips
     through shlex, and nothing in the line is ever run by a shell."""
     from harness.kernel.build import Build
-    from harness.scenarios.cpa import CellContext
+    from harness.scenarios.context import CellContext
+    from harness.target.base import Fleet
     from harness.target.qemu import AccelChoice
+    from harness.target.vm import QemuTargets
 
     pwned = tmp_path / "pwned"
     cmdline = cmdline.format(pwned=pwned)
@@ -391,8 +393,11 @@ def test_hostile_cmdline_is_one_argv_word(cmdline: str, tmp_path: Path,
         # what _prepare returns after a build, an initramfs and an accelerator probe
         b = Build("x86_64", tmp_path, tmp_path / "bz Image", tmp_path / "vmlinux",
                   tmp_path / ".config", src.id, "0" * 64, True, 0.0, tmp_path / "log")
-        return [(c, CellContext(b, tmp_path / "initrd.cpio", AccelChoice("tcg", "test"),
-                                run_dir / "cells" / c.name, [])) for c in cells]
+        initrd = tmp_path / "initrd.cpio"
+        return [(c, CellContext(b, QemuTargets(c, b.image, initrd, AccelChoice("tcg", "test"),
+                                               Fleet()),
+                                initrd, run_dir / "cells" / c.name, [], "tcg"))
+                for c in cells]
 
     monkeypatch.setattr(run, "_prepare", prepared)
     tree = _fake_tree(tmp_path / "linux")

@@ -32,7 +32,7 @@ from harness.cells import SMOKE
 from harness.console import known as known_issues
 from harness.results.cell import CellResult, Verdict
 from harness.run import RunOptions, run_cells
-from harness.scenarios.cpa import Timeouts
+from harness.target.base import Timeouts
 
 pytestmark = pytest.mark.boot
 
@@ -97,7 +97,7 @@ def test_guest_faults_end_with_the_right_kind(tmp_path: Path) -> None:
         bound = LONGEST_WAIT + SLACK if kind == "hang" else SLACK
         assert took <= bound, f"{name} took {took:.0f}s after the fault (bound {bound:.0f}s)"
     assert "guest-reset" in by_name["reset"].reason
-    assert by_name["reset"].qemu_ended["kind"] == "reset"
+    assert by_name["reset"].target["ended"]["kind"] == "reset"
     assert "guest-shutdown" in by_name["poweroff"].reason
     for name in ("reset", "poweroff"):
         events = (tmp_path / "cells" / name / "serial.qmp.jsonl").read_text()

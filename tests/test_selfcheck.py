@@ -11,8 +11,10 @@ from harness.cells import SELFCHECK
 from harness.kernel.build import Build
 from harness.results.cell import Verdict
 from harness.scenarios import selfcheck
-from harness.scenarios.cpa import CellContext
+from harness.scenarios.context import CellContext
+from harness.target.base import Fleet
 from harness.target.qemu import AccelChoice
+from harness.target.vm import QemuTargets
 
 NO_LKDTM = {"feature": "lkdtm", "title": "LKDTM", "options": ["CONFIG_LKDTM"],
             "why": ["depends on RUNTIME_TESTING_MENU [=n]"],
@@ -26,7 +28,9 @@ def context(tmp_path: Path, *unavailable: dict[str, Any]) -> CellContext:
     b = Build("x86_64", tmp_path, tmp_path / "bzImage", tmp_path / "vmlinux",
               tmp_path / ".config", "tarball:x", "0" * 64, True, 0.0, tmp_path / "log",
               "6.1.192", tuple(unavailable))
-    return CellContext(b, tmp_path / "initrd", AccelChoice("tcg", "test"), tmp_path, [])
+    targets = QemuTargets(SELFCHECK[0], b.image, tmp_path / "initrd", AccelChoice("tcg", "test"),
+                          Fleet())
+    return CellContext(b, targets, tmp_path / "initrd", tmp_path, [], "tcg")
 
 
 def scripted(monkeypatch: pytest.MonkeyPatch, results: dict[str, list[str]]) -> list[str]:

@@ -19,9 +19,9 @@ from harness.cells import KERNEL_FRAGMENTS
 from harness.image.initramfs import build_initramfs
 from harness.kernel import build as kbuild
 from harness.kernel import source
-from harness.target.machine import Machine, wait_ready
 from harness.target.qemu import QemuParams
 from harness.target.serial import new_nonce
+from harness.target.vm import QemuTarget
 
 pytestmark = pytest.mark.boot
 
@@ -40,10 +40,11 @@ def test_commands_survive_a_kernel_printing_meanwhile(tmp_path: Path, arch_name:
     params = QemuParams(arch=arch, accel="tcg", cpu=arch.cpu, memory_mb=1024, smp=2,
                         cmdline="", kernel=kernel, initrd=build_initramfs(arch, cache),
                         nonce=new_nonce())
-    m = Machine(params, tmp_path / "serial.log", is_fatal=lambda f, k: False)
+    target = QemuTarget(params, tmp_path / "serial.log", is_fatal=lambda f, k: False)
+    m = target.console
     try:
-        m.start()
-        ready = wait_ready(m, 300)
+        target.start()
+        ready = m.wait_ready(300)
         assert re.fullmatch(rb"[0-9a-f-]{36}", ready.group(1))
         status, _ = m.run(FLOOD, 90)
         assert status == 0
@@ -51,8 +52,8 @@ def test_commands_survive_a_kernel_printing_meanwhile(tmp_path: Path, arch_name:
             status, out = m.run(f"echo out-{n}-$((6*7)); test {n} -lt 20", 90)
             assert (status, out) == (0 if n < 20 else 1, f"out-{n}-42"), m.notes
     finally:
-        m.poweroff(10)
-        m.kill()
+        target.power_off(10)
+        target.release()
     log = m.serial_log.read_bytes()
     floods = log.count(b"flood record")
     # A kernel record began in the middle of the shell's lines...

@@ -33,7 +33,7 @@ from harness.image.initramfs import build_initramfs
 from harness.kernel import build as kbuild
 from harness.kernel import source
 from harness.probes import flush, stats
-from harness.target.machine import Machine
+from harness.target.console import Console
 from harness.target.qemu import QemuParams
 from harness.target.serial import new_nonce
 from harness.target.ssh import (
@@ -47,6 +47,7 @@ from harness.target.ssh import (
     host_key_lines,
     parse_host_key_line,
 )
+from harness.target.vm import QemuTarget
 
 pytestmark = pytest.mark.boot
 
@@ -148,7 +149,7 @@ def test_connect_gives_up_at_the_deadline(tmp_path: Path) -> None:
 
 # --- a real guest -----------------------------------------------------------
 
-def Drain(m: Machine) -> contextlib.AbstractContextManager[None]:
+def Drain(m: Console) -> contextlib.AbstractContextManager[None]:
     """Read the serial console while ssh works: a full pty would stall the guest."""
     return m.draining()
 
@@ -156,7 +157,7 @@ def Drain(m: Machine) -> contextlib.AbstractContextManager[None]:
 @dataclass
 class Guest:
     arch: str
-    machine: Machine
+    machine: Console
     ssh: GuestSsh
     port: int
     key: Path
@@ -184,10 +185,11 @@ def guest(request: pytest.FixtureRequest,
     params = QemuParams(arch=arch, accel="tcg", cpu=arch.cpu, memory_mb=1024, smp=2,
                         cmdline="", kernel=kernel, initrd=initrd, ssh_port=port,
                         nonce=new_nonce())
-    m = Machine(params, work / "serial.log", is_fatal=lambda f, k: False)
+    target = QemuTarget(params, work / "serial.log", is_fatal=lambda f, k: False)
+    m = target.console
     ssh = GuestSsh()
     try:
-        m.start()
+        target.start()
         # Printed just before dropbear starts: connecting now meets a port
         # QEMU accepts while nothing in the guest listens yet.
         hk = m.wait_for(HOSTKEY_RE, BOOT_TIMEOUT, "the guest's host key line")
@@ -200,8 +202,8 @@ def guest(request: pytest.FixtureRequest,
         yield Guest(arch.name, m, ssh, port, key, line, time.monotonic() - start)
     finally:
         ssh.close()
-        m.poweroff(30)
-        m.kill()
+        target.power_off(30)
+        target.release()
         # The image holds this run's key and will never be used again.
         initrd.unlink(missing_ok=True)
 
@@ -295,7 +297,7 @@ def test_snapshot_over_ssh(guest: Guest) -> None:
     assert serial.tainted == snap.tainted
 
 
-def _wait_for_a_selftest_period(m: Machine) -> None:
+def _wait_for_a_selftest_period(m: Console) -> None:
     """The pageattr-test kthread runs every 30 s: 36 s hold at least one run."""
     with Drain(m):
         time.sleep(36)
@@ -322,6 +324,6 @@ def test_flush_accounting_counts_only_inside_its_window(guest: Guest) -> None:
     assert inside.time_us is None
 
 
-def _drained(m: Machine, run: flush.Runner, cmd: str) -> tuple[int, str]:
+def _drained(m: Console, run: flush.Runner, cmd: str) -> tuple[int, str]:
     with Drain(m):
         return run(cmd)

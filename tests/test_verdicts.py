@@ -2,41 +2,45 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 from xml.etree import ElementTree as ET
 
 from harness.cells import SMOKE, Cell
+from harness.console import Analysis
 from harness.console import known as known_issues
+from harness.console.parser import parse_path
 from harness.paths import KNOWN_ISSUES
 from harness.results.cell import CellResult, Verdict, run_exit_code, write_junit
-from harness.scenarios.cpa import _fill_from_analysis, _judge
+from harness.scenarios.judge import Outcome, judge, read_console
 
 LOGS = Path(__file__).parent / "data" / "logs"
+PASSED = Outcome(Verdict.PASS)
 
 
-def analysis(name: str) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((LOGS / f"{name}.expected.json").read_text())
-    return doc
+def analysis(name: str) -> Analysis:
+    return parse_path(LOGS / f"{name}.log")
 
 
 def cell(name: str) -> Cell:
     return next(c for c in SMOKE if c.name == name)
 
 
-def judged(name: str, verdict: Verdict = Verdict.PASS, direct_map: dict[str, int] | None = None,
-           strict: bool = False) -> CellResult:
-    doc = analysis(name)
-    c = cell(name)
-    res = CellResult(name=name, arch=c.arch, verdict=verdict)
-    last = doc["boots"][-1]["direct_map"][-1]
+def judged_from(a: Analysis, c: Cell, steps: Outcome = PASSED,
+                direct_map: dict[str, int] | None = None, strict: bool = False) -> CellResult:
+    """The cell's result as the CPA scenario assembles it, judged."""
+    res = CellResult(name=c.name, arch=c.arch)
+    last = a.boots[-1].direct_map[-1] if a.boots else None
     res.direct_map = direct_map if direct_map is not None else {
-        k: v for k, v in last.items() if k != "line" and v is not None}
-    known = [] if strict else known_issues.load(KNOWN_ISSUES)
-    _fill_from_analysis(res, doc, known)
-    _judge(res, c, doc)
+        k: v for k, v in (last.sizes if last else {}).items() if v is not None}
+    read_console(a, [] if strict else known_issues.load(KNOWN_ISSUES), c.arch).fill(res)
+    verdict = judge(steps, res, c.expect)
+    res.verdict, res.reason = verdict.verdict, verdict.reason
     return res
+
+
+def judged(name: str, direct_map: dict[str, int] | None = None,
+           strict: bool = False) -> CellResult:
+    return judged_from(analysis(name), cell(name), direct_map=direct_map, strict=strict)
 
 
 def test_real_smoke_logs_pass_with_the_known_issue() -> None:
@@ -62,27 +66,21 @@ def test_all_4k_expectation_is_checked() -> None:
 
 
 def test_no_selftest_pass_fails() -> None:
-    doc = analysis("i386")
-    doc["boots"][0]["cpa_selftest"] = []
-    res = CellResult(name="i386", arch="i386", verdict=Verdict.PASS)
-    _fill_from_analysis(res, doc, [])
-    _judge(res, cell("i386"), doc)
+    a = analysis("i386")
+    a.boots[0].cpa_selftest = []
+    res = judged_from(a, cell("i386"), strict=True)
     assert (res.verdict, res.reason) == (Verdict.FAIL, "no CPA self-test pass completed")
 
 
 def test_failed_pass_fails() -> None:
-    doc = analysis("i386")
-    doc["boots"][0]["cpa_selftest"][0]["result"] = "fail"
-    res = CellResult(name="i386", arch="i386", verdict=Verdict.PASS)
-    _fill_from_analysis(res, doc, [])
-    _judge(res, cell("i386"), doc)
+    a = analysis("i386")
+    a.boots[0].cpa_selftest[0].result = "fail"
+    res = judged_from(a, cell("i386"), strict=True)
     assert res.verdict == Verdict.FAIL
 
 
 def test_qemu_dying_before_the_kernel_is_infrastructure() -> None:
-    doc: dict[str, Any] = {"boots": [], "verdict": "incomplete"}
-    res = CellResult(name="i386", arch="i386", verdict=Verdict.FAIL, reason="QEMU ended early")
-    _judge(res, cell("i386"), doc)
+    res = judged_from(Analysis(), cell("i386"), Outcome(Verdict.FAIL, "QEMU ended early"))
     assert res.verdict == Verdict.INFRA_ERROR
 
 

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-Runner = Callable[[str], tuple[int, str]]
+from harness.probes import Runner
 
 TRACEFS = "/sys/kernel/tracing"
 

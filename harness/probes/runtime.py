@@ -10,11 +10,10 @@ user/harness error before its verdict could mislead anyone.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-Runner = Callable[[str], tuple[int, str]]
+from harness.probes import Runner
 
 CONFIG_LINE = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")
 # arch/x86/kernel/cpu/hypervisor.c: "Hypervisor detected: KVM"

@@ -25,9 +25,11 @@ from __future__ import annotations
 import io
 import re
 import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from harness.probes import Runner
 
 # --- /proc/meminfo ----------------------------------------------------------
 
@@ -217,7 +219,6 @@ GUEST_FILES: dict[str, str] = {
 # Printed instead of the file's content when the file does not exist.
 ABSENT = "CPA-HARNESS-ABSENT"
 
-Runner = Callable[[str], tuple[int, str]]
 
 
 @dataclass

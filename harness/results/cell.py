@@ -70,7 +70,6 @@ class CellResult:
     build_dir: str = ""
     build_cached: bool = False
     config_hash: str = ""
-    qemu_command: str = ""
     serial_log: str = ""
     boot_id: str = ""
     gbpages: bool | None = None
@@ -92,7 +91,9 @@ class CellResult:
     workload: dict[str, Any] = field(default_factory=dict)
     numa_nodes: int = 1
     retried_after: str = ""     # the infrastructure error of a first attempt
-    qemu_ended: dict[str, Any] = field(default_factory=dict)    # why QEMU ended early (QMP)
+    # The machine's own part: its kind and what only it has (QEMU: its command
+    # line, pid, and, when it stopped early, its QMP account of why)
+    target: dict[str, Any] = field(default_factory=dict)
     deadline: float = 0.0       # the cell's backstop, seconds
     # Wanted kernel features the tree could not give ("LKDTM unavailable on 6.1: ...")
     unavailable: list[str] = field(default_factory=list)

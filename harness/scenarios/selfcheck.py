@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from harness.cells import Cell
 from harness.errors import HarnessError
 from harness.kernel.kconfig import unavailable_line
 from harness.results.cell import CellResult, Verdict
-from harness.scenarios.cpa import CellContext, Timeouts, new_result, qemu_params
-from harness.target.machine import GuestExited, GuestHang, Machine, wait_ready
-from harness.target.qemu import show_command
+from harness.scenarios.context import CellContext, new_result
+from harness.scenarios.judge import Outcome, judge
+from harness.target.errors import GuestExited, GuestHang
 
 DIRECT = "/sys/kernel/debug/provoke-crash/DIRECT"
 # Results that are the harness's own failure (retried once), not the kernel's
@@ -59,45 +59,42 @@ PROVOCATIONS: tuple[Provocation, ...] = (
 )
 
 
-def _failures_after(m: Machine, line: int) -> list[dict[str, Any]]:
-    boots = m.parser.analysis.to_json()["boots"]
-    return [f for b in boots for f in b.get("failures", []) if f.get("line", 0) > line]
-
-
-def provoke(p: Provocation, cell: Cell, ctx: CellContext, t: Timeouts) -> dict[str, Any]:
+def provoke(p: Provocation, cell: Cell, ctx: CellContext) -> dict[str, Any]:
     """One boot, one trigger; what the analysis reported after it."""
-    params = qemu_params(replace(cell, cmdline=f"{cell.cmdline} {p.cmdline}".strip()), ctx)
+    t = ctx.targets.timeouts
     serial = ctx.cell_dir / f"{p.crash.lower()}.log"
+    target = ctx.targets.new(serial, ssh=False, is_fatal=lambda f, k: False,
+                             extra_cmdline=p.cmdline)
+    con = target.console
     check: dict[str, Any] = {"crash": p.crash, "expected_kind": p.kind, "serial_log": str(serial),
-                             "qemu_command": show_command(params), "found": [], "result": "missed"}
-    m = Machine(params, serial, is_fatal=lambda f, k: False)
+                             "target": target.describe(), "found": [], "result": "missed"}
     start = time.monotonic()
     delivered = False
     try:
-        m.start()
-        wait_ready(m, t.boot)
+        target.start()
+        con.wait_ready(t.boot)
         for cmd in p.setup:
-            status, out = m.run(cmd, t.command)
+            status, out = con.run(cmd, t.command)
             if status != 0:
                 check["result"] = "setup-failed"
                 check["reason"] = f"{cmd!r} exited {status}: {out[-200:]}"
                 return check
-        status, out = m.run(f"test -w {DIRECT}", t.command)
+        status, out = con.run(f"test -w {DIRECT}", t.command)
         if status != 0:
             check["result"] = "setup-failed"
             check["reason"] = f"{DIRECT} is missing: the kernel lacks LKDTM or debugfs"
             return check
         # Everything the console prints from here on is the provocation's: its
         # report can arrive in the same read as LKDTM's announcement.
-        trigger = m.parser.analysis.lines
+        trigger = con.parser.analysis.lines
         check["trigger_line"] = trigger
         # Its begin marker proves the trigger was typed and started.
-        m.type_command(f"echo {p.crash} > {DIRECT}", t.command)
+        con.type_command(f"echo {p.crash} > {DIRECT}", t.command)
         delivered = True
-        m.wait_for(TRIGGER_RE, t.command, f"LKDTM announcing {p.crash}")
+        con.wait_for(TRIGGER_RE, t.command, f"LKDTM announcing {p.crash}")
         try:
-            m.wait_until(lambda: any(f["kind"] == p.kind for f in _failures_after(m, trigger)),
-                         p.wait, f"a {p.kind} report")
+            con.wait_until(lambda: any(f.kind == p.kind for f in con.failures_after(trigger)),
+                           p.wait, f"a {p.kind} report")
         except (GuestHang, GuestExited, OSError):
             pass    # judged below from what the analysis found
     except (GuestHang, GuestExited, OSError) as e:
@@ -109,21 +106,20 @@ def provoke(p: Provocation, cell: Cell, ctx: CellContext, t: Timeouts) -> dict[s
         check["result"] = "error"
         check["reason"] = e.line()
     finally:
-        doc = m.finish()
+        analysis = target.finish()
         check["seconds"] = round(time.monotonic() - start, 1)
-        if m.notes:
-            check["notes"] = m.notes
-    found = [f for b in doc.get("boots", []) for f in b.get("failures", [])
-             if f.get("line", 0) > check.get("trigger_line", 1 << 62)]
-    check["found"] = [{"kind": f["kind"], "title": f["title"], "line": f["line"]} for f in found]
-    if check["result"] == "missed" and any(f["kind"] == p.kind for f in found):
+        if con.notes:
+            check["notes"] = con.notes
+    after = check.get("trigger_line", 1 << 62)
+    found = [f for b in analysis.boots for f in b.failures if f.line > after]
+    check["found"] = [{"kind": f.kind, "title": f.title, "line": f.line} for f in found]
+    if check["result"] == "missed" and any(f.kind == p.kind for f in found):
         check["result"] = "caught"
     return check
 
 
 def run(cell: Cell, ctx: CellContext) -> CellResult:
     res = new_result(cell, ctx)
-    t = Timeouts.for_accel(ctx.accel.accel)
     start = time.monotonic()
     for p in PROVOCATIONS:
         lacking = [u for u in map(ctx.build.lacks, p.needs) if u is not None]
@@ -132,32 +128,14 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
                                   "result": "unavailable",
                                   "reason": unavailable_line(lacking[0], ctx.build.version)})
             continue
-        check = provoke(p, cell, ctx, t)
+        check = provoke(p, cell, ctx)
         if check["result"] in INFRA_RESULTS:
             # The harness's own failure: once more, and the first try kept.
-            again = provoke(p, cell, ctx, t)
+            again = provoke(p, cell, ctx)
             again["retried_after"] = f"{check['result']}: {check.get('reason', '')}"
             check = again
         res.selfcheck.append(check)
     res.durations["total"] = time.monotonic() - start
-    bad = [c for c in res.selfcheck if c["result"] not in ("caught", "unavailable")]
-    if all(c["result"] == "unavailable" for c in res.selfcheck):
-        res.verdict = Verdict.USER_ERROR
-        res.reason = "nothing to provoke: " + res.selfcheck[0]["reason"]
-        return res
-    if not bad:
-        res.verdict = Verdict.PASS
-    elif all(c["result"] in ("missed", "no-trigger") for c in bad):
-        # The harness did not see what the kernel was made to do: its eyes fail.
-        res.verdict = Verdict.FAIL
-    else:
-        res.verdict = Verdict.INFRA_ERROR
-    res.reason = "; ".join(
-        f"{c['crash']}: {c['result']} (expected {c['expected_kind']}, found "
-        f"{', '.join(f['kind'] for f in c['found']) or 'nothing'})" for c in bad)
-    skipped = [c for c in res.selfcheck if c["result"] == "unavailable"]
-    if skipped:
-        res.reason = "; ".join(filter(None, [
-            res.reason, f"not provoked: {', '.join(c['crash'] for c in skipped)} "
-                        f"({skipped[0]['reason']})"]))
+    verdict = judge(Outcome(Verdict.PASS), res)
+    res.verdict, res.reason = verdict.verdict, verdict.reason
     return res

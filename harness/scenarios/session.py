@@ -8,6 +8,7 @@ read again and the verdict is printed and saved like any cell's.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shlex
@@ -26,9 +27,12 @@ from harness.errors import HarnessError, InfraError, UserError
 from harness.probes import runtime, stats
 from harness.results.cell import CellResult, Verdict
 from harness.scenarios import cpa
-from harness.target.guest import Guest, qemu_running, read_guest_file
-from harness.target.machine import FailureSeen, GuestExited, GuestHang
+from harness.scenarios.context import CellContext, new_result
+from harness.scenarios.judge import Outcome, judge, read_console
+from harness.target.base import Target
+from harness.target.errors import FailureSeen, GuestExited, GuestHang
 from harness.target.ssh import GuestSsh
+from harness.target.vm import pid_running
 
 ESCAPE = "\x1d"     # Ctrl-]: leaves the serial console, as in telnet
 
@@ -85,23 +89,30 @@ def open_shell(ssh: GuestSsh) -> paramiko.Channel:
     return chan
 
 
-def run(cell: Cell, ctx: cpa.CellContext, run_dir: Path, mode: str, out: TextIO) -> CellResult:
-    """Boot, hand the guest to the user (mode 'interactive' or 'ssh'), then judge."""
-    res = cpa.new_result(cell, ctx)
-    if ctx.ssh_key is None:
-        raise InfraError("a manual session needs the run's ssh key")
+def run(cell: Cell, ctx: CellContext, run_dir: Path, mode: str, out: TextIO) -> CellResult:
+    """Boot, hand the machine to the user (mode 'interactive' or 'ssh'), then judge."""
+    res = new_result(cell, ctx)
+    t = ctx.targets.timeouts
     # No failure ends a session: the user decides when to stop.
-    g, t = cpa.launch(cell, ctx, res, is_fatal=lambda f, k: False)
-    m, access = g.m, g.access
-    assert access is not None
+    target = ctx.targets.new(ctx.cell_dir / "serial.log", ssh=True, is_fatal=lambda f, k: False)
+    con, sh = target.console, target.shell
+    access = sh.access
+    if access is None:
+        raise InfraError("a manual session needs the run's ssh key")
+    res.serial_log = str(con.serial_log)
+    res.cmdline = target.kernel_cmdline()
     start = time.monotonic()
+    problems: list[str] = []
     try:
-        m.start()
-        out.write(f"booting {cell.name} ({ctx.accel.accel}); serial log {res.serial_log}\n")
+        target.start()
+        out.write(f"booting {cell.name} ({ctx.accel}); serial log {res.serial_log}\n")
         out.flush()
-        res.boot_id = g.boot(t.boot, t.ssh)
-        write_known_hosts(run_dir, access.port, g.host_key)
-        view, boot = cpa.first_look(cell, ctx, res, g)
+        res.boot_id = sh.boot(t.boot, t.ssh)
+        res.ssh = sh.describe()
+        write_known_hosts(run_dir, access.port, sh.host_key)
+        view, boot = cpa.first_look(cell, ctx, target)
+        res.guest = view.to_json()
+        res.stats = {"boot": boot.to_json()}
         problems = runtime.mismatches(view, res.cmdline, res.accel, cell.smp)
         for p in problems:
             out.write(f"runtime check: {p}\n")
@@ -111,56 +122,43 @@ def run(cell: Cell, ctx: cpa.CellContext, run_dir: Path, mode: str, out: TextIO)
         if mode == "interactive":
             out.write("serial console follows; Ctrl-] leaves and powers the guest off\n")
             out.flush()
-            assert m.child is not None
-            m.child.interact(escape_character=ESCAPE)
+            assert con.child is not None
+            con.child.interact(escape_character=ESCAPE)
         else:
-            _ssh_shell(g, out)
-        end = stats.collect(g.run, "end", cell.arch) if m.alive() else None
+            _ssh_shell(target, out)
+        end = stats.collect(sh.run, "end", cell.arch) if target.alive() else None
         if end is not None:
             res.stats.update({"end": end.to_json(), "delta": stats.snapshot_delta(boot, end)})
-        g.close_ssh()
-        m.poweroff(t.command)
-        res.verdict = Verdict.PASS
+        sh.close_ssh()
+        target.power_off(t.command)
+        steps = Outcome(Verdict.PASS)
         if problems:
-            res.verdict, res.reason = Verdict.USER_ERROR, "runtime check failed: " + \
-                "; ".join(problems)
+            steps = Outcome(Verdict.USER_ERROR, "runtime check failed: " + "; ".join(problems))
     except (FailureSeen, GuestHang, GuestExited, OSError) as e:
-        res.verdict, res.reason = Verdict.FAIL, f"the guest ended the session: {e}"
+        steps = Outcome(Verdict.FAIL, f"the guest ended the session: {e}")
     except HarnessError as e:
-        res.verdict = Verdict.USER_ERROR if e.exit_code == 2 else Verdict.INFRA_ERROR
-        res.reason = e.line()
+        steps = Outcome(Verdict.USER_ERROR if e.exit_code == 2 else Verdict.INFRA_ERROR,
+                        e.line())
     finally:
-        g.close_ssh()
-        doc = m.finish()
+        analysis = target.finish()
+        res.target = target.describe()
         res.durations["total"] = time.monotonic() - start
-    cpa._fill_from_analysis(res, doc, ctx.known)
-    _judge_session(res, doc)
+    read_console(analysis, ctx.known, cell.arch).fill(res)
+    verdict = judge(steps, res, session=True)
+    res.verdict, res.reason = verdict.verdict, verdict.reason
     return res
 
 
-def _ssh_shell(g: Guest, out: TextIO) -> None:
-    if g.ssh is None:
-        raise InfraError("ssh is not up: cannot open a shell", f"see {g.m.serial_log}")
+def _ssh_shell(target: Target, out: TextIO) -> None:
+    if target.shell.ssh is None:
+        raise InfraError("ssh is not up: cannot open a shell",
+                         f"see {target.console.serial_log}")
     out.write("ssh shell follows; exit it to power the guest off\n")
     out.flush()
-    chan = open_shell(g.ssh)
-    with g.m.draining(on_stop=chan.close):
+    chan = open_shell(target.shell.ssh)
+    with target.console.draining(on_stop=chan.close):
         interactive_shell(chan, sys.stdin)
     chan.close()
-
-
-def _judge_session(res: CellResult, doc: dict[str, object]) -> None:
-    """Failures decide; without one, only a completed self-test pass is a pass."""
-    unknown = [f for f in res.failures if not f.known]
-    failed = [p for p in res.cpa_selftest if p.get("result") == "fail"]
-    if unknown:
-        res.verdict, res.reason = Verdict.FAIL, f"{unknown[0].kind}: {unknown[0].title}"
-    elif failed:
-        res.verdict, res.reason = Verdict.FAIL, "CPA self-test NOT PASSED"
-    elif res.verdict == Verdict.PASS and not any(p.get("result") == "pass"
-                                                 for p in res.cpa_selftest):
-        res.verdict = Verdict.NOT_RUN
-        res.reason = "the session ended before the CPA self-test's first verdict (30 s after boot)"
 
 
 def ssh_into_run(run_dir: Path, cell: str | None, command: list[str], out: TextIO) -> int:
@@ -171,10 +169,11 @@ def ssh_into_run(run_dir: Path, cell: str | None, command: list[str], out: TextI
     up = []
     for f in sorted((run_dir / "cells").glob("*/guest.json")):
         try:
-            doc = read_guest_file(f)
+            doc = json.loads(f.read_text())
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {f}: {e}") from None
-        if qemu_running(doc.get("qemu_pid")) and doc.get("port"):
+        pid = doc.get("qemu_pid")
+        if isinstance(pid, int) and pid > 0 and pid_running(pid) and doc.get("port"):
             up.append((f.parent.name, doc))
     if cell is not None:
         up = [(n, d) for n, d in up if n == cell]

@@ -23,11 +23,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qemu.qmp import QMPClient, Runstate
+
+from harness.target.errors import Ending
 
 CONNECT_DEADLINE = 20.0     # QEMU creates its socket within a second of starting
 POLL = 0.2
@@ -153,19 +154,6 @@ def remove_socket_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class Ending:
-    """Why QEMU ended: the guest's doing (`kind` names the failure) or the host's."""
-
-    kind: str           # "reset", "shutdown", "panic"; "" when the host ended it
-    infra: bool         # True: not the kernel's fault
-    text: str
-
-    @property
-    def guest(self) -> bool:
-        return bool(self.kind)
-
-
 # QEMU's ShutdownCause values a guest can cause, and the failure kind each is.
 GUEST_CAUSES = {
     "guest-reset": ("reset", "the guest reset (a triple fault, or a reboot nobody asked for)"),
@@ -180,20 +168,21 @@ def ending(events: list[dict[str, Any]], status: int | None, signal: int | None,
     """Why QEMU ended, from its QMP events and how the process exited."""
     for ev in events:
         if ev.get("event") == "GUEST_PANICKED":
-            return Ending("panic", False, "QEMU reported GUEST_PANICKED")
+            return Ending("panic", False, "QEMU reported GUEST_PANICKED", status=status)
     shutdown = next((ev for ev in events if ev.get("event") == "SHUTDOWN"), None)
     if shutdown is not None:
         data = shutdown.get("data", {})
         reason = str(data.get("reason", "?"))
         if data.get("guest") and reason in GUEST_CAUSES:
             kind, text = GUEST_CAUSES[reason]
-            return Ending(kind, False, f"{text} (QMP SHUTDOWN reason {reason})")
+            return Ending(kind, False, f"{text} (QMP SHUTDOWN reason {reason})", status)
         return Ending("", True, f"QEMU was shut down from the host (QMP SHUTDOWN reason "
-                                f"{reason}): someone stopped it")
+                                f"{reason}): someone stopped it", status)
     if signal:
-        return Ending("", True, f"QEMU was killed by signal {signal} (not by the guest)")
+        return Ending("", True, f"QEMU was killed by signal {signal} (not by the guest)",
+                      status)
     if not monitored:
         return Ending("", True, f"QEMU exited with status {status} before its monitor "
-                                f"answered: it did not start")
+                                f"answered: it did not start", status)
     return Ending("", True, f"QEMU exited with status {status} without a SHUTDOWN event: "
-                            f"QEMU failed, not the guest")
+                            f"QEMU failed, not the guest", status)

@@ -1,23 +1,22 @@
-"""A booted guest: the serial console is the kernel's voice, ssh the harness's hands.
+"""Commands on a target: ssh while it is up, the serial shell otherwise.
 
-Guest.boot() waits for the ready marker of a boot (the first, or the one a
+Shell.boot() waits for the ready marker of a boot (the first, or the one a
 kexec started), pins the host key that boot's init printed, and connects over
 ssh. Commands go over ssh while it is up, with the console read in the
 background so a kernel failure still ends the cell at once; without ssh they
-fall back to the serial shell.
+fall back to the serial shell. Nothing here knows what kind of machine it is.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import InfraError
-from harness.target.machine import GuestHang, Machine, pid_running, wait_ready
+from harness.target.console import Console
+from harness.target.errors import GuestHang
 from harness.target.ssh import (
     Completed,
     GuestSsh,
@@ -27,20 +26,20 @@ from harness.target.ssh import (
     host_key_lines,
 )
 
-Runner = Callable[[str], tuple[int, str]]
-
 
 @dataclass(frozen=True)
 class SshAccess:
-    """What reaching the guest over ssh takes: a forwarded port and the run's key."""
+    """What reaching the machine over ssh takes: an address and the run's key."""
 
     port: int
     key: Path
+    host: str = "127.0.0.1"
 
 
-class Guest:
-    def __init__(self, machine: Machine, access: SshAccess | None, command_timeout: float) -> None:
-        self.m = machine
+class Shell:
+    def __init__(self, console: Console, access: SshAccess | None,
+                 command_timeout: float) -> None:
+        self.console = console
         self.access = access
         self.timeout = command_timeout
         self.ssh: GuestSsh | None = None
@@ -52,14 +51,14 @@ class Guest:
         """Wait for the ready marker of the boot with `nonce` (the first boot's if
         None), then connect; return the boot id."""
         self.close_ssh()
-        nonce = self.m.nonce if nonce is None else nonce
-        ready = wait_ready(self.m, timeout, nonce)
+        nonce = self.console.nonce if nonce is None else nonce
+        ready = self.console.wait_ready(timeout, nonce)
         self.boot_id = ready.group(1).decode()
-        keys = host_key_lines(self.m.before, nonce)
+        keys = host_key_lines(self.console.before, nonce)
         if self.access is not None:
             if not keys:
                 raise InfraError("the guest printed no ssh host key before its ready marker",
-                                 f"dropbear did not start; see {self.m.serial_log}")
+                                 f"dropbear did not start; see {self.console.serial_log}")
             self.host_key = keys[-1]
             self._connect(ssh_deadline)
         return self.boot_id
@@ -69,14 +68,15 @@ class Guest:
         ssh = GuestSsh()
         start = time.monotonic()
         try:
-            with self.m.draining(on_stop=ssh.abort):
+            with self.console.draining(on_stop=ssh.abort):
                 ssh.connect(port=self.access.port, key_path=self.access.key,
-                            host_key_line=self.host_key, deadline=time.monotonic() + deadline)
+                            host_key_line=self.host_key, deadline=time.monotonic() + deadline,
+                            host=self.access.host)
         except SshNoAnswer as e:
             # dropbear, or the whole guest? The serial shell answers for the kernel.
             ssh.close()
             try:
-                self.m.run("true", self.timeout)
+                self.console.run("true", self.timeout)
             except GuestHang:
                 raise GuestHang(f"ssh connection ({e.message}), nor an answer from the "
                                 "serial shell", self.timeout) from None
@@ -89,21 +89,21 @@ class Guest:
         self.connect_seconds = time.monotonic() - start
 
     def _tail(self) -> str:
-        return "; serial tail: " + " | ".join(self.m.tail(8))
+        return "; serial tail: " + " | ".join(self.console.tail(8))
 
     def run(self, command: str, timeout: float | None = None) -> tuple[int, str]:
-        """(status, output) of a guest command: stdout, plus stderr when it failed."""
+        """(status, output) of a command: stdout, plus stderr when it failed."""
         c = self.exec(command, timeout)
         return c.status, c.stdout if c.status == 0 else c.stdout + c.stderr
 
     def exec(self, command: str, timeout: float | None = None) -> Completed:
         t = timeout or self.timeout
         if self.ssh is None:
-            status, out = self.m.run(command, t)
+            status, out = self.console.run(command, t)
             return Completed(status, out + "\n" if out else "", "")
         ssh = self.ssh
         try:
-            with self.m.draining(on_stop=ssh.close):
+            with self.console.draining(on_stop=ssh.close):
                 return ssh.run(command, t)
         except SshError as e:
             raise self._ssh_failed(f"'{command}'", e, t) from None
@@ -115,7 +115,7 @@ class Guest:
         infrastructure error). Never retry a hung kernel as if the host failed."""
         self.close_ssh()
         try:
-            self.m.run("true", t)
+            self.console.run("true", t)
         except GuestHang:
             raise GuestHang(f"answer to {what} (ssh: {e}; nor the serial shell)", t) from None
         if isinstance(e, SshTimeout):
@@ -129,7 +129,7 @@ class Guest:
             raise InfraError(f"cannot copy {local.name} into the guest: ssh is not up")
         ssh = self.ssh
         try:
-            with self.m.draining(on_stop=ssh.close):
+            with self.console.draining(on_stop=ssh.close):
                 ssh.put(local, remote, mode, timeout)
         except SshError as e:
             raise self._ssh_failed(f"copying {local.name} in", e, timeout) from None
@@ -140,18 +140,9 @@ class Guest:
             self.ssh = None
 
     def describe(self) -> dict[str, Any]:
-        """How to reach this guest, for the results and `cpa-harness ssh`."""
-        return {"port": self.access.port if self.access else None,
+        """How to reach the machine over ssh, for the results and `cpa-harness ssh`."""
+        return {"host": self.access.host if self.access else None,
+                "port": self.access.port if self.access else None,
                 "key": str(self.access.key) if self.access else None,
                 "host_key": self.host_key, "boot_id": self.boot_id,
-                "qemu_pid": self.m.child.pid if self.m.child is not None else None,
                 "connect_seconds": self.connect_seconds}
-
-
-def read_guest_file(path: Path) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(path.read_text())
-    return doc
-
-
-def qemu_running(pid: int | None) -> bool:
-    return bool(pid) and pid_running(int(pid or 0))

@@ -1,4 +1,4 @@
-"""Machine waits against a real child process (no QEMU needed): deadlines and the drain."""
+"""Console waits against a real child process (no QEMU needed): deadlines and the drain."""
 
 from __future__ import annotations
 
@@ -10,24 +10,17 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from harness.arches import get_arch
 from harness.errors import InfraError
-from harness.target.machine import CellDeadline, GuestExited, GuestHang, Machine, _Tee, wait_ready
-from harness.target.qemu import QemuParams
+from harness.target.console import Console
+from harness.target.errors import CellDeadline, GuestExited, GuestHang
 from harness.target.serial import new_nonce
 
 
-def machine(tmp_path: Path, program: str, *args: str) -> Machine:
-    """A Machine whose 'guest' is a local program on a pty, its output logged and
-    parsed as QEMU's would be."""
-    arch = get_arch("x86_64")
-    m = Machine(QemuParams(arch=arch, accel="tcg", cpu="max", memory_mb=64, smp=1, cmdline="",
-                           kernel=Path("/none"), initrd=Path("/none"), nonce=new_nonce()),
-                tmp_path / "serial.log")
-    m.child = pexpect.spawn(program, list(args), timeout=None, echo=False)
-    m._log = open(m.serial_log, "wb")
-    m.child.logfile_read = _Tee(m._log, m)
-    m.started = time.monotonic()
+def machine(tmp_path: Path, program: str, *args: str) -> Console:
+    """A serial line whose 'machine' is a local program on a pty, its output
+    logged and parsed as a guest's would be."""
+    m = Console(tmp_path / "serial.log", new_nonce())
+    m.attach(pexpect.spawn(program, list(args), timeout=None, echo=False))
     return m
 
 
@@ -46,7 +39,7 @@ def test_serial_commands_survive_kernel_records_mid_line(tmp_path: Path, seed: i
     split = re.findall(rb"@@CPA-\d*-?[A-Z]*-?\d*@?\[", log) + re.findall(rb"out-[\d-]*\[", log)
     assert len(split) >= 5, log[:2000]
     assert m.notes == []
-    m.kill()
+    m.close()
 
 
 def test_a_lost_command_is_typed_again_and_runs_once(tmp_path: Path) -> None:
@@ -63,8 +56,8 @@ def test_a_lost_command_is_typed_again_and_runs_once(tmp_path: Path) -> None:
     time.sleep(1)
     assert count.read_text() == "x\ny\n"
     assert len(m2.notes) >= 1
-    m.kill()
-    m2.kill()
+    m.close()
+    m2.close()
 
 
 def test_a_command_that_never_starts_is_a_hang_after_every_attempt(tmp_path: Path) -> None:
@@ -72,7 +65,7 @@ def test_a_command_that_never_starts_is_a_hang_after_every_attempt(tmp_path: Pat
     with pytest.raises(GuestHang, match="typed 3 times"):
         m.run("true", 3)
     assert len(m.notes) == 2
-    m.kill()
+    m.close()
 
 
 def test_a_wait_ends_at_its_own_deadline_as_a_hang(tmp_path: Path) -> None:
@@ -81,7 +74,7 @@ def test_a_wait_ends_at_its_own_deadline_as_a_hang(tmp_path: Path) -> None:
     with pytest.raises(GuestHang, match="no ready marker within 1s"):
         m.wait_for(re.compile(b"READY"), 1.0, "ready marker")
     assert time.monotonic() - start < 3
-    m.kill()
+    m.close()
 
 
 def test_the_cell_deadline_cuts_a_longer_wait_as_an_infra_error(tmp_path: Path) -> None:
@@ -92,7 +85,7 @@ def test_the_cell_deadline_cuts_a_longer_wait_as_an_infra_error(tmp_path: Path) 
         m.wait_for(re.compile(b"READY"), 60.0, "ready marker")
     assert time.monotonic() - start < 3
     assert e.value.exit_code == 3 and "while waiting for ready marker" in e.value.message
-    m.kill()
+    m.close()
 
 
 def test_drain_reraises_what_ended_the_guest(tmp_path: Path) -> None:
@@ -101,7 +94,7 @@ def test_drain_reraises_what_ended_the_guest(tmp_path: Path) -> None:
     with pytest.raises(GuestExited), m.draining(on_stop=lambda: stopped.append(True)):
         time.sleep(2)
     assert stopped == [True]        # the ssh side is told at once
-    m.kill()
+    m.close()
 
 
 def test_memory_budget_holds_cells_back_until_memory_is_free() -> None:
@@ -169,13 +162,13 @@ while :; do printf '[   32.000000][   T50] still printing\n'; sleep 0.2; done
 def test_no_ready_marker_from_a_running_kernel_is_not_a_hang(tmp_path: Path) -> None:
     m = machine(tmp_path, "sh", "-c", RUNNING_KERNEL)
     with pytest.raises(InfraError) as e:
-        wait_ready(m, 3)
+        m.wait_ready(3)
     assert "no ready marker from the guest's init within 3s, but the kernel was running " \
            "(self-test pass at 0 s, last output 0 s ago)" in e.value.message
-    m.kill()
+    m.close()
     # silent from the start: nothing shows the kernel running, so it is a hang
     m = machine(tmp_path, "sleep", "30")
     m.last_output -= 60
     with pytest.raises(GuestHang):
-        wait_ready(m, 1)
-    m.kill()
+        m.wait_ready(1)
+    m.close()

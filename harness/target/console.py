@@ -1,11 +1,11 @@
-"""One running guest: QEMU under pexpect, its serial console logged and analysed.
+"""The serial line of a target: the kernel's voice, logged and analysed, and a shell on it.
 
-Every byte the guest prints goes, as it arrives, to the serial log and to the
-console parser, so a cell can fail the moment a failure's report is complete.
-Every wait has a deadline. QEMU runs with a parent-death signal, so it dies
-with the harness even when the harness is SIGKILLed. A QMP connection records
-QEMU's events, so when QEMU ends, QEMU itself says whether the guest reset or
-powered off or the host stopped it.
+Every byte the machine prints goes, as it arrives, to the serial log and to
+the console parser, so a cell can fail the moment a failure's report is
+complete. Every wait has a deadline. The line is a pexpect child the target
+attaches: QEMU's own terminal today, a console server's connection (telnet,
+conserver, IPMI SOL) for a lab box. When the child ends, the target says why
+(`ended`, set by the target).
 """
 
 from __future__ import annotations
@@ -15,18 +15,24 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pexpect
 
-from harness.console import BootStarted, ConsoleParser, Failure, FailureFound, SelftestDone
+from harness.console import (
+    Analysis,
+    BootStarted,
+    ConsoleParser,
+    CpaSelftest,
+    Event,
+    Failure,
+    FailureFound,
+    SelftestDone,
+)
 from harness.errors import HarnessError, InfraError
-from harness.proc import die_with_parent
-from harness.target import qmp
-from harness.target.qemu import QemuParams, qemu_argv
+from harness.target.errors import CellDeadline, Ending, FailureSeen, GuestExited, GuestHang
 from harness.target.serial import SerialView, ready_re
 
 # printk lines (PRINTK_TIME is on) that land in the middle of a command's output
@@ -36,91 +42,31 @@ KMSG_RE = re.compile(r"^\s*(<\d+>)?\[\s*\d+\.\d+\]")
 TYPE_ATTEMPTS = 3
 QUIET_FLUSH = 5.0   # seconds of silence after which a pending report counts as complete
 SLICE = 0.5
-# QEMU's words when the ssh port forward cannot bind (net/slirp.c)
-HOSTFWD_FAILED = "Could not set up host forwarding rule"
 # Markers are short lines: searching only the newest output keeps a guest that
 # prints without end from costing time quadratic in what it printed...
 SEARCH_WINDOW = 64 * 1024
 # ...and output nobody waits for is dropped from memory beyond this (it is in
 # the serial log); a command's output read over the serial console is smaller.
 KEEP = 1 << 20
-
-
-_LIVE: set[Machine] = set()
-_LIVE_LOCK = threading.Lock()
-
-
-# Set when the run is being torn down: no guest may start after it (a cell's
-# thread would otherwise take its killed QEMU for an infrastructure error and
-# start another).
-stopping = threading.Event()
-
-
-def kill_all() -> None:
-    """Kill every running guest of this process (Ctrl-C, SIGTERM), and start no more."""
-    stopping.set()
-    with _LIVE_LOCK:
-        live = list(_LIVE)
-    for m in live:
-        if m.child is not None and m.child.isalive():
-            m.child.terminate(force=True)
-
-
-def pid_running(pid: int) -> bool:
-    """Whether `pid` runs (a zombie does not), without reaping it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-class GuestHang(Exception):
-    """The guest made no progress towards `what` before its deadline."""
-
-    def __init__(self, what: str, seconds: float) -> None:
-        super().__init__(f"no {what} within {seconds:.0f}s")
-        self.what = what
-        self.seconds = seconds
-
-
-class GuestExited(Exception):
-    """QEMU ended while the harness was waiting for something; `ending` says why."""
-
-    def __init__(self, what: str, status: int | None, ending: qmp.Ending) -> None:
-        super().__init__(f"{ending.text}, while waiting for {what}")
-        self.what = what
-        self.status = status
-        self.ending = ending
-
-
-class CellDeadline(InfraError):
-    """The cell as a whole ran out of time: a backstop behind every wait's own
-    deadline. The host was too slow (or something waited without one), not
-    proof against the kernel, so it is an infrastructure error."""
-
-
-class FailureSeen(Exception):
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(f"{failure.kind}: {failure.title}")
-        self.failure = failure
+# A kernel that printed within this long of the ready deadline was still running.
+RUNNING_WITHIN = 30.0
 
 
 class _Tee:
     """pexpect's logfile_read: write the raw bytes to the log, feed the parser."""
 
-    def __init__(self, log: IO[bytes], machine: Machine) -> None:
+    def __init__(self, log: IO[bytes], console: Console) -> None:
         self.log = log
-        self.machine = machine
+        self.console = console
 
     def write(self, data: bytes) -> None:
-        self.machine._feed(data)
+        self.console._feed(data)
         try:
             self.log.write(data)
             self.log.flush()
         except OSError as e:
             # Without its log the cell's evidence is gone: end it, say why.
-            raise InfraError(f"cannot write the serial log {self.machine.serial_log}: "
+            raise InfraError(f"cannot write the serial log {self.console.serial_log}: "
                              f"{e.strerror}", "free disk space; what was written before is "
                              "intact") from None
 
@@ -128,16 +74,23 @@ class _Tee:
         self.log.flush()
 
 
-class Machine:
-    def __init__(self, params: QemuParams, serial_log: Path,
+def _closed() -> Ending:
+    return Ending("", True, "the console connection closed")
+
+
+class Console:
+    """One serial line, from the moment a target attaches it until finish()."""
+
+    def __init__(self, serial_log: Path, nonce: str,
                  is_fatal: Callable[[Failure, str | None], bool] = lambda f, k: True) -> None:
-        self.params = params
         self.serial_log = serial_log
+        self.nonce = nonce          # the first boot's: the harness's markers carry it
         self.parser = ConsoleParser()
         self.is_fatal = is_fatal
         self.failures: list[Failure] = []
         self.pending_fatal: Failure | None = None
         self.child: pexpect.spawn | None = None
+        self.ended: Callable[[], Ending] = _closed     # the target's account, once it stops
         self.started = 0.0
         self.last_output = 0.0
         self.cell_deadline: float | None = None   # time.monotonic() by which all waits end
@@ -150,59 +103,25 @@ class Machine:
         self.before = b""       # what came between the last wait's start and its match
         self.notes: list[str] = []     # what the harness had to do again, for the result
         self.passes_at: list[float] = []    # seconds after start of this boot's self-test passes
-        self.monitor: qmp.Monitor | None = None
-        self._qmp_dir: Path | None = None
 
-    # --- lifecycle --------------------------------------------------------------
+    # --- the line ---------------------------------------------------------------
 
-    def start(self) -> None:
-        if stopping.is_set():
-            raise InfraError("the run is stopping: no guest is started")
-        try:
-            self._qmp_dir = qmp.socket_dir()
-            self.serial_log.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.serial_log, "wb")
-            qmp_log = self.serial_log.with_name(self.serial_log.stem + ".qmp.jsonl")
-            qmp_log.unlink(missing_ok=True)
-        except OSError as e:
-            self.kill()
-            raise InfraError(f"cannot start a guest: {e.strerror} ({e.filename})",
-                             "free disk space or check the results directory") from None
-        self.params = replace(self.params, qmp_socket=self._qmp_dir / "qmp.sock")
-        argv = qemu_argv(self.params)
-        try:
-            self.child = pexpect.spawn(argv[0], argv[1:], timeout=None, echo=False,
-                                       preexec_fn=die_with_parent,
-                                       dimensions=(24, 500))
-        except pexpect.ExceptionPexpect as e:
-            self.kill()
-            raise InfraError(f"cannot start {argv[0]}: {e}") from None
-        self.child.logfile_read = _Tee(self._log, self)
-        with _LIVE_LOCK:
-            _LIVE.add(self)
+    def open_log(self) -> None:
+        """Create the serial log (before the target starts: its first words go there)."""
+        self.serial_log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.serial_log, "wb")
+
+    def attach(self, child: pexpect.spawn) -> None:
+        """Read the machine's console from `child` from now on."""
+        if self._log is None:
+            self.open_log()
+        assert self._log is not None
+        self.child = child
+        child.logfile_read = _Tee(self._log, self)
         self.started = self.last_output = time.monotonic()
-        self.monitor = qmp.Monitor(self.params.qmp_socket or Path(), qmp_log)
-        # Not self.alive(): waitpid() from the monitor's thread would race this one's.
-        pid = self.child.pid
-        self.monitor.start(alive=lambda: pid_running(pid))
-        if not self.monitor.wait_connected():
-            with contextlib.suppress(pexpect.ExceptionPexpect, OSError):
-                self.child.expect(pexpect.EOF, timeout=2)   # QEMU's own words, into the log
-            said = self.tail(1)
-            self.kill()
-            port = self.params.ssh_port
-            if port is not None and said and HOSTFWD_FAILED in said[0]:
-                raise InfraError(f"QEMU could not forward 127.0.0.1:{port} to the guest's ssh "
-                                 "port (taken by another process?)", f"see {self.serial_log}")
-            raise InfraError(f"QEMU did not start: {said[0] if said else self.monitor.error}",
-                             f"see {self.serial_log}")
 
-    def alive(self) -> bool:
-        return self.child is not None and self.child.isalive()
-
-    def kill(self) -> None:
-        with _LIVE_LOCK:
-            _LIVE.discard(self)
+    def close(self) -> None:
+        """Close the line and the log; what the log holds is kept."""
         try:
             if self.child is not None:
                 if self.child.isalive():
@@ -213,29 +132,10 @@ class Machine:
                 with contextlib.suppress(OSError):     # a full disk: what it holds is kept
                     self._log.close()
                 self._log = None
-            if self.monitor is not None:
-                self.monitor.stop()
-            if self._qmp_dir is not None:
-                qmp.remove_socket_dir(self._qmp_dir)
-                self._qmp_dir = None
 
-    def exit_status(self) -> int | None:
-        if self.child is None or self.child.isalive():
-            return None
-        st = self.child.exitstatus
-        return st if st is not None else (128 + (self.child.signalstatus or 0))
-
-    def ending(self) -> qmp.Ending:
-        """QEMU has exited: why, from its QMP events and its exit."""
-        events: list[dict[str, Any]] = []
-        monitored = False
-        if self.monitor is not None:
-            self.monitor.wait_closed()
-            events, monitored = self.monitor.snapshot(), self.monitor.connected.is_set()
-        signal = self.child.signalstatus if self.child is not None else None
-        return qmp.ending(events, self.exit_status(), signal, monitored)
-
-    # --- the console stream -----------------------------------------------------
+    def send(self, data: bytes) -> None:
+        assert self.child is not None
+        self.child.send(data)
 
     def _feed(self, data: bytes) -> None:
         self.last_output = time.monotonic()
@@ -245,15 +145,11 @@ class Machine:
     def note(self, text: str) -> None:
         self.notes.append(f"{time.monotonic() - self.started:.1f}s: {text}")
 
-    @property
-    def nonce(self) -> str:
-        """The nonce on this guest's first kernel command line."""
-        return self.params.nonce
+    def flush_parser(self) -> None:
+        """The line has gone quiet or closed: a pending report counts as complete."""
+        self._handle(self.parser.flush())
 
-    def ready_re(self, nonce: str | None = None) -> re.Pattern[bytes]:
-        return ready_re(self.params.nonce if nonce is None else nonce)
-
-    def _handle(self, events: list[Any]) -> None:
+    def _handle(self, events: Sequence[Event]) -> None:
         for ev in events:
             if isinstance(ev, BootStarted):
                 self.passes_at = []
@@ -264,20 +160,38 @@ class Machine:
                 if self.pending_fatal is None and self.is_fatal(ev.failure, self.kernel()):
                     self.pending_fatal = ev.failure
 
+    # --- what the analysis has seen so far ---------------------------------------
+
     def kernel(self) -> str | None:
         """The version of the kernel now running, from its banner."""
-        boots = self.parser.analysis.to_json()["boots"]
-        return boots[-1].get("kernel") if boots else None
+        boots = self.parser.analysis.boots
+        return boots[-1].kernel if boots else None
+
+    def boot_index(self) -> int:
+        """The index of the boot now running (kexec adds boots)."""
+        return max(0, len(self.parser.analysis.boots) - 1)
+
+    def passes(self) -> list[CpaSelftest]:
+        """The current boot's completed self-test passes (passed or failed)."""
+        boots = self.parser.analysis.boots
+        return [p for p in (boots[-1].cpa_selftest if boots else [])
+                if p.result in ("pass", "fail")]
+
+    def failures_after(self, line: int) -> list[Failure]:
+        """Every failure reported after console line `line`."""
+        return [f for b in self.parser.analysis.boots for f in b.failures if f.line > line]
+
+    # --- waits ------------------------------------------------------------------
 
     def _check_fatal(self) -> None:
         if self.pending_fatal is not None:
             raise FailureSeen(self.pending_fatal)
 
-    def wait_for(self, pattern: re.Pattern[bytes], timeout: float, what: str,
-                 quiet_ok: bool = True) -> re.Match[bytes]:
+    def wait_for(self, pattern: re.Pattern[bytes], timeout: float,
+                 what: str) -> re.Match[bytes]:
         """Wait for `pattern` in a complete line of the console, failing fast on a
         kernel failure. Kernel records that split the line are not in the way
-        (harness.serial)."""
+        (harness.target.serial)."""
         assert self.child is not None
         deadline = time.monotonic() + timeout
         backstop = self.cell_deadline is not None and self.cell_deadline < deadline
@@ -315,9 +229,9 @@ class Machine:
                 self.child.close()
                 self._check_fatal()
                 m = self._search(pattern, start, searched)
-                if m is not None:       # in QEMU's last words
+                if m is not None:       # in the machine's last words
                     return m
-                raise GuestExited(what, self.exit_status(), self.ending()) from None
+                raise GuestExited(what, self.ended()) from None
 
     def _search(self, pattern: re.Pattern[bytes], start: int,
                 since: int) -> re.Match[bytes] | None:
@@ -337,6 +251,45 @@ class Machine:
         except GuestHang:
             pass
 
+    def wait_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        """Read the console until `done()` holds, e.g. a self-test pass was parsed."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GuestHang(what, timeout)
+            self.watch(min(SLICE, left))
+
+    def wait_ready(self, timeout: float, nonce: str | None = None) -> re.Match[bytes]:
+        """The ready marker of the boot with `nonce` (the first boot's if None).
+
+        A guest that never printed it while its kernel kept running (output
+        lately, or a self-test pass) has not hung: the harness's own init failed
+        it, or the marker was lost. That is an infrastructure error saying what
+        was seen, never a hang a good kernel could be blamed for.
+        """
+        try:
+            return self.wait_for(ready_re(self.nonce if nonce is None else nonce), timeout,
+                                 "ready marker from the guest's init")
+        except GuestHang:
+            seen = self.kernel_seen()
+            if seen is None:
+                raise
+            raise InfraError(f"no ready marker from the guest's init within {timeout:.0f}s, "
+                             f"but the kernel was running ({seen})",
+                             f"see {self.serial_log}") from None
+
+    def kernel_seen(self) -> str | None:
+        """What shows the kernel running lately ('self-test pass at 31 s, ...'), or None."""
+        quiet = time.monotonic() - self.last_output
+        if not self.passes_at and quiet > RUNNING_WITHIN:
+            return None
+        parts = [f"self-test pass at {t:.0f} s" for t in self.passes_at[:3]]
+        parts.append(f"last output {quiet:.0f} s ago")
+        return ", ".join(parts)
+
+    # --- the serial shell ---------------------------------------------------------
+
     def type_command(self, command: str, timeout: float = 60.0) -> int:
         """Type `command` on the serial shell and wait until it has started.
 
@@ -350,7 +303,6 @@ class Machine:
         split by quotes in the typed line, so the shell's echo of it cannot
         match them. Returns the command's number, for `wait_command`.
         """
-        assert self.child is not None
         n = next(self._seq)
         line = (f"mkdir /tmp/.cpa-harness-{self.nonce}-{n} 2>/dev/null && "
                 f"{{ echo '@@CPA''-{n}-BEGIN@@'; "
@@ -359,7 +311,7 @@ class Machine:
         each = timeout / TYPE_ATTEMPTS
         for attempt in range(1, TYPE_ATTEMPTS + 1):
             # Ctrl-U first: whatever a lost character left on the shell's line goes.
-            self.child.send(b"\x15" + line.encode())
+            self.send(b"\x15" + line.encode())
             try:
                 self.wait_for(begin, each, f"start of '{command}'")
                 return n
@@ -387,28 +339,15 @@ class Machine:
         """
         return self.wait_command(self.type_command(command, timeout), command, timeout)
 
-    def poweroff(self, timeout: float = 30.0) -> None:
-        """`reboot -f` with -no-reboot ends QEMU; kill it if it does not."""
-        if not self.alive():
-            return
-        assert self.child is not None
-        try:
-            self.child.send(b"\rreboot -f\r")
-            self.child.expect(pexpect.EOF, timeout=timeout)
-        except (pexpect.TIMEOUT, OSError):
-            pass
-        self._handle(self.parser.flush())
-        self.kill()
-
     @contextlib.contextmanager
     def draining(self, on_stop: Callable[[], None] = lambda: None) -> Iterator[None]:
         """Keep reading the console in a thread while the caller uses ssh.
 
         A guest whose console nobody reads stalls once the pty buffer fills,
         and a kernel failure must still be caught the moment it completes. If
-        the guest fails or QEMU ends meanwhile, on_stop() is called (to break
-        the ssh connection, so the caller is not left waiting out a timeout);
-        on leaving, such a failure is raised here, in the caller's thread.
+        the guest fails or the machine stops meanwhile, on_stop() is called (to
+        break the ssh connection, so the caller is not left waiting out a
+        timeout); on leaving, such a failure is raised here, in the caller's thread.
         """
         stop = threading.Event()
         ended: list[BaseException] = []
@@ -449,50 +388,7 @@ class Machine:
         text = data.decode(errors="replace").replace("\r", "")
         return [ln for ln in text.split("\n") if ln.strip()][-lines:]
 
-    def wait_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        """Read the console until `done()` holds, e.g. a self-test pass was parsed."""
-        deadline = time.monotonic() + timeout
-        while not done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise GuestHang(what, timeout)
-            self.watch(min(SLICE, left))
-
-    def finish(self) -> dict[str, Any]:
-        """The guest is gone: complete the analysis and return its JSON document."""
-        self.kill()
-        analysis = self.parser.finish()
-        return analysis.to_json()
-
-
-# A kernel that printed within this long of the ready deadline was still running.
-RUNNING_WITHIN = 30.0
-
-
-def wait_ready(m: Machine, timeout: float, nonce: str | None = None) -> re.Match[bytes]:
-    """The ready marker of the boot with `nonce` (the first boot's if None).
-
-    A guest that never printed it while its kernel kept running (output
-    lately, or a self-test pass) has not hung: the harness's own init failed
-    it, or the marker was lost. That is an infrastructure error saying what
-    was seen, never a hang a good kernel could be blamed for.
-    """
-    try:
-        return m.wait_for(m.ready_re(nonce), timeout, "ready marker from the guest's init")
-    except GuestHang:
-        seen = kernel_seen(m)
-        if seen is None:
-            raise
-        raise InfraError(f"no ready marker from the guest's init within {timeout:.0f}s, "
-                         f"but the kernel was running ({seen})",
-                         f"see {m.serial_log}") from None
-
-
-def kernel_seen(m: Machine) -> str | None:
-    """What shows the kernel running lately ('self-test pass at 31 s, ...'), or None."""
-    quiet = time.monotonic() - m.last_output
-    if not m.passes_at and quiet > RUNNING_WITHIN:
-        return None
-    parts = [f"self-test pass at {t:.0f} s" for t in m.passes_at[:3]]
-    parts.append(f"last output {quiet:.0f} s ago")
-    return ", ".join(parts)
+    def finish(self) -> Analysis:
+        """Close the line and complete the analysis of everything it carried."""
+        self.close()
+        return self.parser.finish()
