@@ -42,6 +42,9 @@ KMSG_RE = re.compile(r"^\s*(<\d+>)?\[\s*\d+\.\d+\]")
 TYPE_ATTEMPTS = 3
 QUIET_FLUSH = 5.0   # seconds of silence after which a pending report counts as complete
 SLICE = 0.5
+# The drain thread reads in short slices: leaving draining() waits for the
+# slice in progress, and every ssh command leaves it once.
+DRAIN_SLICE = 0.05
 # Markers are short lines: searching only the newest output keeps a guest that
 # prints without end from costing time quadratic in what it printed...
 SEARCH_WINDOW = 64 * 1024
@@ -355,7 +358,7 @@ class Console:
         def loop() -> None:
             try:
                 while not stop.is_set():
-                    self.watch(SLICE)
+                    self.watch(DRAIN_SLICE)
             except (FailureSeen, GuestExited, HarnessError, pexpect.ExceptionPexpect,
                     OSError) as e:
                 ended.append(e)
