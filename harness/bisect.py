@@ -29,7 +29,8 @@ from typing import Any, TextIO
 
 from harness.cells import Cell
 from harness.errors import UserError
-from harness.results.cell import CellResult, Verdict, write_json
+from harness.files import write_json
+from harness.results.cell import CellResult, Verdict
 
 GOOD, BAD, SKIP, ABORT = 0, 1, 125, 128
 

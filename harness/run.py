@@ -28,8 +28,7 @@ from harness.console.known import KnownIssue
 from harness.errors import BuildError, HarnessError, OptionsDropped
 from harness.image import initramfs
 from harness.kernel import build as kbuild
-from harness.kernel import source
-from harness.probes import runtime
+from harness.kernel import kconfig, source
 from harness.results.cell import CellResult, Verdict, write_cell, write_summary
 from harness.scenarios import cpa, kexec, selfcheck
 from harness.scenarios.context import CellContext
@@ -273,7 +272,7 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
             if opts.kexec_rounds is not None:
                 cell = replace(cell, kexec_rounds=opts.kexec_rounds)
             b = _once(memo, ("build", _build_key(cell, opts)), partial(build, cell))
-            config = runtime.parse_config(b.config_text())
+            config = kconfig.parse_config(b.config_text())
             for method in cell.kexec:
                 kexec.check_method(method, cell.arch_params, config)
             img = _once(memo, ("initramfs", cell.arch),

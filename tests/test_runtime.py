@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.kernel.kconfig import parse_config
 from harness.probes import runtime
 
 DATA = Path(__file__).parent / "data" / "runtime"
@@ -28,7 +29,7 @@ GOOD = {"/proc/cmdline": (0, CMDLINE), "config.gz": (0, CONFIG),
 
 
 def test_parse_config_reads_set_and_unset_options() -> None:
-    c = runtime.parse_config(CONFIG)
+    c = parse_config(CONFIG)
     assert c["CONFIG_CPA_DEBUG"] == "y" and c["CONFIG_RELOCATABLE"] == "y"
     assert c["CONFIG_NUMA"] == "n"                      # "# CONFIG_NUMA is not set"
     assert c["CONFIG_NR_CPUS"] == "2"
@@ -36,12 +37,12 @@ def test_parse_config_reads_set_and_unset_options() -> None:
 
 
 def test_the_same_config_has_no_differences() -> None:
-    assert runtime.config_differences(runtime.parse_config(CONFIG),
-                                      runtime.parse_config(CONFIG)) == []
+    assert runtime.config_differences(parse_config(CONFIG),
+                                      parse_config(CONFIG)) == []
 
 
 def test_another_build_is_told_apart() -> None:
-    d = runtime.config_differences(runtime.parse_config(OTHER), runtime.parse_config(CONFIG))
+    d = runtime.config_differences(parse_config(OTHER), parse_config(CONFIG))
     assert "CONFIG_RELOCATABLE: built n, running y" in d
     assert "CONFIG_FIRMWARE_MEMMAP: built n, running y" in d
     assert len(d) == 7

@@ -12,15 +12,15 @@ import io
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO
 
 from harness import paths
 from harness.arches import Arch
 from harness.errors import InfraError, UserError
+from harness.files import atomic, write_atomic
 from harness.image import debian
 from harness.kernel import elf as elf_module
 from harness.kernel.elf import ELF_MAGIC, check_arch, elf_info_data, needed_closure
@@ -156,7 +156,7 @@ class CpioWriter:
         head = _NEWC_MAGIC + b"".join(b"%08X" % f for f in fields) + encoded
         return head + b"\0" * (-len(head) % 4)
 
-    def _write_entry(self, out: BinaryIO, ino: int, entry: CpioEntry) -> None:
+    def _write_entry(self, out: IO[bytes], ino: int, entry: CpioEntry) -> None:
         nlink = 2 if stat.S_ISDIR(entry.mode) else 1
         if entry.source is not None:
             with open(entry.source, "rb") as src:
@@ -176,7 +176,7 @@ class CpioWriter:
             out.write(data)
         out.write(b"\0" * (-size % 4))
 
-    def write_to(self, out: BinaryIO) -> None:
+    def write_to(self, out: IO[bytes]) -> None:
         for ino, entry in enumerate(self.entries(), 1):
             self._write_entry(out, ino, entry)
         out.write(self._header(0, 0, 1, 0, (0, 0), _TRAILER))
@@ -187,19 +187,8 @@ class CpioWriter:
         return buf.getvalue()
 
     def write(self, path: Path) -> None:
-        """Write atomically: a temp file beside path, then rename."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                self.write_to(out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic(path) as out:
+            self.write_to(out)
 
 
 # --- busybox applets --------------------------------------------------------
@@ -376,9 +365,7 @@ def build_initramfs(arch: Arch, cache: Path, *, authorized_key: str | None = Non
         writer = assemble(arch, roots, guest, authorized_key=authorized_key, extra_files=extra)
         writer.write(out)
         # Written after the image: an image without its digest is a half-made one.
-        tmp = digest.with_name(f"{digest.name}.tmp{os.getpid()}")
-        tmp.write_text(_sha256(out) + "\n")
-        tmp.replace(digest)
+        write_atomic(digest, _sha256(out) + "\n")
     return out
 
 
@@ -410,17 +397,7 @@ def with_authorized_key(base: Path, authorized_key: str, out: Path) -> Path:
     data = base.read_bytes()
     # The second archive must start 4-aligned; pad to a 512-byte block like cpio(1).
     data += b"\0" * (-len(data) % 512) + w.getvalue()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise InfraError(f"cannot write the guest's initramfs {out}: {e.strerror}",
-                         "free disk space") from None
+    write_atomic(out, data, mode=0o600)
     return out
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from harness import paths
 from harness.arches import Arch
 from harness.errors import BuildError, InfraError, OptionsDropped, UserError
+from harness.files import write_json
 from harness.kernel import elf, kconfig
 from harness.kernel import options as kconfig_options
 from harness.kernel.source import Source
@@ -167,13 +168,6 @@ def _discard_interrupted(bdir: Path) -> int:
     return gone
 
 
-def _write_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
 def request_record(req: BuildRequest, cache: Path) -> Path | None:
     """Where a build of exactly this request is recorded (None: a tree without a
     content key, e.g. a git tree with local changes, is never taken on trust)."""
@@ -239,7 +233,7 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
         result = Build(req.arch.name, bdir, image, vmlinux, config, req.source.id, cfg_hash,
                        False, time.monotonic() - start, log, req.source.version, unavailable)
         if record:
-            _write_json(record, {
+            write_json(record, {
                 "dir": str(bdir), "config_hash": cfg_hash, "source_id": req.source.id,
                 "version": req.source.version, "unavailable": list(unavailable),
                 "artifacts": _artifact_record([image, vmlinux, config]),

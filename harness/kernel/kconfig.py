@@ -135,16 +135,23 @@ def merge(fragments: Iterable[Path], sets: Iterable[str] = ()) -> Merged:
     return merged
 
 
-def read_config(path: Path) -> dict[str, str]:
-    """A .config kconfig wrote: read as it is, not checked like a user's fragment."""
+def parse_config(text: str) -> dict[str, str]:
+    """A .config kconfig wrote (a build's, or a running kernel's /proc/config.gz),
+    as {CONFIG_X: value}, 'n' for '# CONFIG_X is not set': read as it is, not
+    checked like a user's fragment."""
     values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
+        line = line.strip()
         m = SET_RE.match(line)
         if m:
             values[m.group(1)] = m.group(2)
         elif m := UNSET_RE.match(line):
             values[m.group(1)] = NOT_SET
     return values
+
+
+def read_config(path: Path) -> dict[str, str]:
+    return parse_config(path.read_text())
 
 
 def _spellings(opt: Option, known: Knowledge) -> list[Option]:

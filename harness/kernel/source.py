@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harness import paths
 from harness.errors import InfraError, UserError
+from harness.files import write_json
 
 DEBIAN_TARBALLS = "/usr/src"
 DEBIAN_PACKAGE = "linux-source-6.12"
@@ -185,10 +186,7 @@ def _sha256(path: Path, cache: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     known[key] = h.hexdigest()
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_name(f"{memo.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(known))
-    tmp.replace(memo)
+    write_json(memo, known)
     return h.hexdigest()
 
 

@@ -13,23 +13,11 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from harness.kernel.kconfig import parse_config
 from harness.probes import Runner
 
-CONFIG_LINE = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")
 # arch/x86/kernel/cpu/hypervisor.c: "Hypervisor detected: KVM"
 HYPERVISOR_RE = re.compile(r"Hypervisor detected: (.+?)\s*$", re.M)
-
-
-def parse_config(text: str) -> dict[str, str]:
-    """A .config as {CONFIG_X: value}, 'n' for '# CONFIG_X is not set'."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        m = CONFIG_LINE.match(line.strip())
-        if m and m.group(1):
-            out[m.group(1)] = m.group(2)
-        elif m and m.group(3):
-            out[m.group(3)] = "n"
-    return out
 
 
 def config_differences(built: dict[str, str], running: dict[str, str]) -> list[str]:

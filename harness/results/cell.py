@@ -8,15 +8,13 @@ written stays readable.
 from __future__ import annotations
 
 import enum
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 from xml.etree import ElementTree as ET
 
-from harness.errors import InfraError
+from harness.files import atomic, write_json
 
 
 class Verdict(enum.StrEnum):
@@ -146,22 +144,6 @@ def trip_passed(rt: dict[str, Any]) -> bool:
     return bool(rt.get("verified")) and rt.get("selftest") == "pass"
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise InfraError(f"cannot write {path}: {e.strerror}",
-                         "free disk space; results written before are intact") from None
-
-
 def write_cell(run_dir: Path, cell: CellResult) -> Path:
     path = run_dir / "cells" / cell.name / "result.json"
     write_json(path, cell.to_json())
@@ -214,9 +196,8 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
             ET.SubElement(case, "error", message=f"{c.verdict.value}: {c.reason}")
         suite.set("tests", str(len(suite)))
         suite.set("failures", str(failed))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    ET.ElementTree(suites).write(tmp, encoding="utf-8", xml_declaration=True)
-    tmp.replace(path)
+    with atomic(path) as f:
+        ET.ElementTree(suites).write(f, encoding="utf-8", xml_declaration=True)
 
 
 def summary_line(cells: list[CellResult]) -> str:

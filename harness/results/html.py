@@ -12,14 +12,13 @@ an escape ever be missed. No value is ever used as a path or a command.
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InfraError
+from harness.files import write_atomic
 from harness.probes import flush
 from harness.results.cell import CellResult
 from harness.results.rundir import read_run
@@ -62,7 +61,7 @@ def write_html(run_dir: Path) -> Path:
     """Write run_dir/report.html from the run's summary and cells; return its path."""
     summary, cells = read_run(run_dir)
     path = run_dir / "report.html"
-    _write_atomic(path, render(summary, cells))
+    write_atomic(path, render(summary, cells))
     return path
 
 
@@ -87,18 +86,6 @@ def render(summary: dict[str, Any], cells: list[CellResult]) -> str:
         "</body></html>",
         "",
     ])
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Temp file, then rename, like the other results: never a half-written page."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        # errors="replace": a lone surrogate from a JSON escape must not lose the page.
-        tmp.write_text(text, encoding="utf-8", errors="replace")
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise InfraError(f"cannot write {path}: {e.strerror}", "free disk space") from None
 
 
 def _text(value: Any) -> str:

@@ -25,7 +25,8 @@ from typing import Any
 
 from harness.arches import ARCHES
 from harness.errors import InfraError, UserError
-from harness.results.cell import CellResult, Verdict, write_json
+from harness.files import write_json
+from harness.results.cell import CellResult, Verdict
 from harness.results.rundir import read_cell, read_summary
 
 ORIGIN = "cpa_harness"

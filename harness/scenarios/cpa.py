@@ -21,9 +21,10 @@ from harness.cells import Cell
 from harness.console import Boot, Failure
 from harness.console.known import match as match_known
 from harness.errors import HarnessError, InfraError, UserError
+from harness.files import write_json
 from harness.kernel import facts
 from harness.probes import flush, runtime, stats
-from harness.results.cell import CellResult, FailureRecord, Verdict, write_json
+from harness.results.cell import CellResult, FailureRecord, Verdict
 from harness.scenarios import kexec
 from harness.scenarios.context import SELFTEST_PERIOD, CellContext, new_result
 from harness.scenarios.judge import Outcome, judge, read_console

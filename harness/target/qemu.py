@@ -23,6 +23,7 @@ from pathlib import Path
 
 from harness.arches import Arch
 from harness.errors import InfraError
+from harness.files import write_json
 from harness.proc import die_with_parent
 from harness.target.serial import NONCE_PARAM, SerialView, new_nonce, ready_re
 
@@ -258,10 +259,7 @@ def choose_accel(arch: Arch, cpu: str, cache: Path, want: str = "auto",
         if kernel is None and choice.accel == "kvm":
             return choice
         known[key] = {"accel": choice.accel, "reason": choice.reason, "when": time.time()}
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f"accel.json.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1))
-        tmp.replace(memo)
+        write_json(memo, known)
     if want == "kvm" and choice.accel != "kvm":
         raise InfraError(f"KVM was requested but does not work here: {choice.reason}",
                          "use --accel auto or --accel tcg")
