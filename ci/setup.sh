@@ -61,7 +61,7 @@ if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import harness, paramiko, pexpect, elftools, qemu.qmp, pytest, hypothesis" \
+if ! .venv/bin/python -c "import harness, paramiko, pexpect, elftools, qemu.qmp, pytest, hypothesis, importlinter" \
         2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
     say "installing the harness and its Python dependencies into .venv"
     if ! { .venv/bin/pip install -q --upgrade pip &&

@@ -10,10 +10,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # The checkout this package lives in: kernel-configs/, guest/ and ci/ sit beside it.
-PROJECT_ROOT = Path(os.environ.get("CPA_HARNESS_ROOT", Path(__file__).resolve().parent.parent))
-CONFIGS_DIR = PROJECT_ROOT / "kernel-configs"
-GUEST_DIR = PROJECT_ROOT / "guest"
-KNOWN_ISSUES = PROJECT_ROOT / "ci" / "known-issues.toml"
+PACKAGE = Path(__file__).resolve().parent
+PROJECT_ROOT = Path(os.environ.get("CPA_HARNESS_ROOT", PACKAGE.parent))
+
+
+def _shipped(beside: str, inside: str) -> Path:
+    """A directory of shipped files: beside the package in a checkout (or an
+    editable install), inside it when installed from a wheel (pyproject.toml)."""
+    checkout = PROJECT_ROOT / beside
+    return checkout if checkout.is_dir() else PACKAGE / inside
+
+
+CONFIGS_DIR = _shipped("kernel-configs", "shipped_configs")
+GUEST_DIR = _shipped("guest", "shipped_guest")
+KNOWN_ISSUES = _shipped("ci", "shipped_ci") / "known-issues.toml"
 
 
 def cache_dir() -> Path:
