@@ -1,4 +1,8 @@
-"""Command line: subcommands, and statuses mapped to exit codes. Nothing else.
+"""cpa-harness: build x86 kernels with the change_page_attr self-test, boot them
+as 64-bit and 32-bit (PAE and non-PAE) machines, and report what the kernel did:
+the self-test's passes, direct-map splits, flushes, failures and kexec round
+trips. Also: bisect a regression, merge sharded runs, compare runs, publish
+reports, analyse saved console logs, and hand a guest to a person.
 
 Exit codes of run and boot: 0 every cell passed; 1 a kernel-side failure
 (self-test failed, oops, WARNING, panic, hang, build failure); 2 a user error
@@ -17,9 +21,11 @@ import hashlib
 import re
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from harness import __version__, paths
 from harness.arches import ARCHES, get_arch
@@ -36,6 +42,9 @@ from harness.results.cell import (
     summary_line,
 )
 from harness.scenarios.kexec import METHODS, check_method
+
+if TYPE_CHECKING:
+    from harness.run import RunOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,99 +101,117 @@ def _add_step(p: argparse.ArgumentParser) -> None:
                         "series); a revision it does not apply to is skipped")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="cpa-harness", description=__doc__,
-                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--version", action="version", version=f"cpa-harness {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _args_run(p: argparse.ArgumentParser) -> None:
+    _add_source(p)
+    _add_run(p)
+    p.add_argument("--matrix", type=Path, metavar="FILE",
+                   help="a TOML matrix of cells, e.g. ci/nightly.toml (default: the smoke "
+                        "matrix)")
+    p.add_argument("--cell", "--only", action="append", default=[], metavar="PATTERN",
+                   help="run only cells whose name matches (shell-style, repeatable)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="run the I-th of N stable parts of the cells (1-based); join the "
+                        "parts with 'cpa-harness merge'")
+    p.add_argument("--list", action="store_true", help="list the cells and exit")
+    p.add_argument("--resume", type=Path, metavar="RUN",
+                   help="run the cells an interrupted RUN did not finish, into RUN")
 
-    run = sub.add_parser("run", help="build kernels and run the smoke matrix")
-    _add_source(run)
-    _add_run(run)
-    run.add_argument("--matrix", type=Path, metavar="FILE",
-                     help="a TOML matrix of cells, e.g. ci/nightly.toml (default: the smoke "
-                          "matrix)")
-    run.add_argument("--cell", "--only", action="append", default=[], metavar="PATTERN",
-                     help="run only cells whose name matches (shell-style, repeatable)")
-    run.add_argument("--shard", metavar="I/N",
-                     help="run the I-th of N stable parts of the cells (1-based); join the "
-                          "parts with 'cpa-harness merge'")
-    run.add_argument("--list", action="store_true", help="list the cells and exit")
-    run.add_argument("--resume", type=Path, metavar="RUN",
-                     help="run the cells an interrupted RUN did not finish, into RUN")
 
-    bis = sub.add_parser("bisect", help="find the commit that made a cell fail")
-    bis.add_argument("--tree", required=True, metavar="GIT", help="a clean git checkout")
-    bis.add_argument("--good", required=True, metavar="REV")
-    bis.add_argument("--bad", required=True, metavar="REV")
-    _add_step(bis)
-    bis.add_argument("--out", type=Path, metavar="DIR",
-                     help="steps and report (default: a new directory under the data one)")
+def _args_bisect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tree", required=True, metavar="GIT", help="a clean git checkout")
+    p.add_argument("--good", required=True, metavar="REV")
+    p.add_argument("--bad", required=True, metavar="REV")
+    _add_step(p)
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="steps and report (default: a new directory under the data one)")
 
-    step = sub.add_parser("bisect-step", help="one bisect step on the current directory's "
-                          "checkout (a 'git bisect run' command)")
-    _add_step(step)
-    step.add_argument("--signature", metavar="TEXT",
-                      help="the failure that means bad: 'kind: title' as the report shows")
-    step.add_argument("--steps-dir", type=Path, metavar="DIR", default=Path("bisect-steps"))
-    step.add_argument("--log", type=Path, metavar="FILE", help="append each step as JSON")
 
-    merge = sub.add_parser("merge", help="join the result directories of a sharded run")
-    merge.add_argument("out", type=Path, metavar="OUT", help="a new directory")
-    merge.add_argument("runs", type=Path, nargs="+", metavar="RUN")
+def _args_bisect_step(p: argparse.ArgumentParser) -> None:
+    _add_step(p)
+    p.add_argument("--signature", metavar="TEXT",
+                   help="the failure that means bad: 'kind: title' as the report shows")
+    p.add_argument("--steps-dir", type=Path, metavar="DIR", default=Path("bisect-steps"))
+    p.add_argument("--log", type=Path, metavar="FILE", help="append each step as JSON")
 
-    report = sub.add_parser("report", help="print a run's verdict table again, from disk")
-    report.add_argument("run", type=Path, metavar="RUN")
 
-    hist = sub.add_parser("history", help="list the runs in the history store")
-    hist.add_argument("--db", type=Path, metavar="FILE", help="the store (default: "
-                      "history.sqlite in the data directory)")
+def _args_merge(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", type=Path, metavar="OUT", help="a new directory")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN")
 
-    cmp = sub.add_parser("compare", help="verdict changes and statistic deltas between runs")
-    cmp.add_argument("run_a", metavar="RUN_A", help="a run id from 'history', or a run directory")
-    cmp.add_argument("run_b", metavar="RUN_B")
-    cmp.add_argument("--db", type=Path, metavar="FILE")
 
-    boot = sub.add_parser("boot", help="build one kernel and run the CPA scenario on it")
-    _add_source(boot)
-    _add_run(boot)
-    boot.add_argument("--arch", required=True, choices=sorted(ARCHES))
-    boot.add_argument("--cmdline", default="", help="appended to the kernel command line")
-    boot.add_argument("--cpu", help="QEMU CPU model (default: the arch's)")
-    boot.add_argument("--memory", type=int, default=2048, metavar="MB")
-    boot.add_argument("--smp", type=int, default=2)
-    boot.add_argument("--kexec", action="append", default=[], choices=sorted(METHODS),
-                      help="after the self-test, kexec with this system call and run it "
-                           "again in the new kernel (repeatable)")
-    boot.add_argument("--kexec-target", type=Path, metavar="PATH",
-                      help="kexec into this kernel (build directory, bzImage or vmlinux) "
-                           "instead of the one booted")
-    who = boot.add_mutually_exclusive_group()
+def _args_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, metavar="RUN")
+
+
+def _args_history(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, metavar="FILE", help="the store (default: "
+                   "history.sqlite in the data directory)")
+
+
+def _args_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_a", metavar="RUN_A", help="a run id from 'history', or a run directory")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--db", type=Path, metavar="FILE")
+
+
+def _args_boot(p: argparse.ArgumentParser) -> None:
+    _add_source(p)
+    _add_run(p)
+    p.add_argument("--arch", required=True, choices=sorted(ARCHES))
+    p.add_argument("--cmdline", default="", help="appended to the kernel command line")
+    p.add_argument("--cpu", help="QEMU CPU model (default: the arch's)")
+    p.add_argument("--memory", type=int, default=2048, metavar="MB")
+    p.add_argument("--smp", type=int, default=2)
+    p.add_argument("--kexec", action="append", default=[], choices=sorted(METHODS),
+                   help="after the self-test, kexec with this system call and run it "
+                        "again in the new kernel (repeatable)")
+    p.add_argument("--kexec-target", type=Path, metavar="PATH",
+                   help="kexec into this kernel (build directory, bzImage or vmlinux) "
+                        "instead of the one booted")
+    who = p.add_mutually_exclusive_group()
     who.add_argument("--interactive", action="store_true",
                      help="hand the serial console to you (Ctrl-] leaves); the ssh command "
                           "for a second terminal is printed")
     who.add_argument("--ssh", action="store_true",
                      help="open an ssh shell in the guest; leaving it ends the session")
 
-    ssh = sub.add_parser("ssh", help="reach a guest of a run that is still up")
-    ssh.add_argument("run", type=Path, metavar="RUN", help="the run's result directory")
-    ssh.add_argument("--cell", metavar="NAME", help="which cell's guest (when several are up)")
+
+def _args_ssh(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, metavar="RUN", help="the run's result directory")
+    p.add_argument("--cell", metavar="NAME", help="which cell's guest (when several are up)")
     # Not REMAINDER: it would swallow a --cell given after RUN. main() takes
     # what follows '--' before argparse sees it.
-    ssh.add_argument("remote", nargs="*", metavar="COMMAND",
-                     help="run this command instead of a shell (after --)")
+    p.add_argument("remote", nargs="*", metavar="COMMAND",
+                   help="run this command instead of a shell (after --)")
 
-    build = sub.add_parser("build", help="configure and build one kernel (cached)")
-    _add_source(build)
-    build.add_argument("--arch", required=True, choices=sorted(ARCHES))
 
-    doc = sub.add_parser("doctor", help="check that this host can build, boot and check")
-    doc.add_argument("--tree", metavar="PATH")
+def _args_build(p: argparse.ArgumentParser) -> None:
+    _add_source(p)
+    p.add_argument("--arch", required=True, choices=sorted(ARCHES))
 
-    parse = sub.add_parser("parse", help="analyse a saved console log or dmesg")
-    parse.add_argument("log")
-    parse.add_argument("--json", action="store_true", help="print the JSON document")
-    parse.add_argument("--vmlinux", metavar="PATH", help="symbolize call traces with DWARF")
+
+def _args_doctor(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tree", metavar="PATH")
+
+
+def _args_parse(p: argparse.ArgumentParser) -> None:
+    p.add_argument("log")
+    p.add_argument("--json", action="store_true", help="print the JSON document")
+    p.add_argument("--vmlinux", metavar="PATH", help="symbolize call traces with DWARF")
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="cpa-harness", description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"cpa-harness {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, summary, add_args, handler in SUBCOMMANDS:
+        p = sub.add_parser(name, help=summary)
+        add_args(p)
+        p.set_defaults(handler=handler)
     return ap
 
 
@@ -261,15 +288,14 @@ def _do_resume(args: argparse.Namespace) -> int:
         raise UserError(f"{run} asks for cells the matrix lacks: {', '.join(missing)}")
     todo = [universe[n] for n in wanted if n not in done]
     print(f"resuming {run}: {len(done)} cells kept, {len(todo)} to run")
-    args.out, args.matrix = run, matrix
-    return _do_run(args, todo, keep=[r for r in previous if r.name in done],
+    args.out = run
+    return _do_run(args, todo, matrix=matrix, keep=[r for r in previous if r.name in done],
                    requested=wanted)
 
 
-def _do_run(args: argparse.Namespace, cells: list[Cell], keep: list[CellResult] | None = None,
-            requested: list[str] | None = None) -> int:
-    from harness.run import RunOptions, new_run_dir, run_cells
-
+def _run_options(args: argparse.Namespace, kexec_target: Path | None) -> RunOptions:
+    """run's and boot's shared options, checked before any work."""
+    from harness.run import RunOptions
     _positive("--jobs", args.jobs)
     if args.periods is not None and args.periods < 0:
         raise UserError(f"--periods must be 0 or more, not {args.periods}")
@@ -277,30 +303,40 @@ def _do_run(args: argparse.Namespace, cells: list[Cell], keep: list[CellResult] 
         _positive("--kexec-rounds", args.kexec_rounds)
     known = [] if args.strict else known_issues.load(args.known_issues)
     _check_source(args)
-    opts = RunOptions(tree=args.tree, patches=tuple(args.patch),
-                      extra_fragments=tuple(args.fragment),
-                      sets=tuple(args.set), accel=args.accel, jobs=args.jobs,
-                      make_jobs=args.make_jobs, known=known, periods=args.periods,
-                      show_command=args.show_command, kexec_rounds=args.kexec_rounds,
-                      kexec_target=getattr(args, "kexec_target", None))
-    if args.out:
-        run_dir = args.out
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:     # exist_ok covers directories only
-            raise UserError(f"--out {run_dir} is a file, not a directory") from None
-        except OSError as e:
-            raise UserError(f"cannot create --out {run_dir}: {e.strerror}") from None
+    return RunOptions(tree=args.tree, patches=tuple(args.patch),
+                      extra_fragments=tuple(args.fragment), sets=tuple(args.set),
+                      accel=args.accel, jobs=args.jobs, make_jobs=args.make_jobs, known=known,
+                      periods=args.periods, show_command=args.show_command,
+                      kexec_rounds=args.kexec_rounds, kexec_target=kexec_target)
+
+
+def _out_dir(out: Path | None) -> Path:
+    """--out, made if missing, or a new run directory under the data directory."""
+    if out is None:
+        from harness.run import new_run_dir
+        return new_run_dir(paths.data_dir())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:     # exist_ok covers directories only
+        raise UserError(f"--out {out} is a file, not a directory") from None
+    except OSError as e:
+        raise UserError(f"cannot create --out {out}: {e.strerror}") from None
+    return out
+
+
+def _do_run(args: argparse.Namespace, cells: list[Cell], *, matrix: Path | None = None,
+            kexec_target: Path | None = None, session: str | None = None,
+            keep: list[CellResult] | None = None, requested: list[str] | None = None) -> int:
+    """Run `cells` (or, with `session`, hand the one cell to a person), then report."""
+    from harness.run import run_cells, run_session
+
+    opts = _run_options(args, kexec_target)
+    run_dir = _out_dir(args.out)
+    if session and not args.show_command:
+        results = [run_session(cells[0], opts, run_dir, paths.cache_dir(), session,
+                               sys.stdout)]
     else:
-        run_dir = new_run_dir(paths.data_dir())
-    mode = "interactive" if getattr(args, "interactive", False) else \
-        "ssh" if getattr(args, "ssh", False) else None
-    if mode and not args.show_command:
-        from harness.run import run_session
-        results = [run_session(cells[0], opts, run_dir, paths.cache_dir(), mode, sys.stdout)]
-    else:
-        meta = {**matrix_id(getattr(args, "matrix", None)),
-                "cells_requested": requested or [c.name for c in cells]}
+        meta = {**matrix_id(matrix), "cells_requested": requested or [c.name for c in cells]}
         results = run_cells(cells, opts, run_dir, paths.cache_dir(), meta=meta, keep=keep)
     if args.show_command:
         return 0
@@ -321,29 +357,39 @@ def _one_cell(name: str, matrix: Path | None) -> Cell:
                     f"cells: {', '.join(c.name for c in cells)}")
 
 
-def _do_bisect(args: argparse.Namespace) -> int:
-    from harness import bisect
-    from harness.run import RunOptions, new_run_dir, run_cells
-
+def _cell_runner(args: argparse.Namespace) -> tuple[Cell, Callable[[Path, Path], CellResult]]:
+    """The bisected cell, and how one revision's tree is run for it."""
     cell = _one_cell(args.cell, args.matrix)
-    patches = source.patch_files(args.patch)    # a missing patch: a user error now
     if args.periods is not None:
         cell = replace(cell, periods=args.periods)
     known = known_issues.load(paths.KNOWN_ISSUES)
 
     def run_cell(tree: Path, out: Path) -> CellResult:
+        from harness.run import RunOptions, run_cells
         opts = RunOptions(tree=str(tree), accel=args.accel, jobs=1, make_jobs=args.make_jobs,
                           known=known, reuse_build_dir=True)
         out.mkdir(parents=True, exist_ok=True)
         return run_cells([cell], opts, out, paths.cache_dir(), out=sys.stderr)[0]
 
-    if args.command == "bisect-step":
-        if not args.any_failure and not args.signature:
-            raise UserError("bisect-step needs --signature 'kind: title' or --any-failure")
-        return bisect.main_step(Path.cwd(), run_cell, None if args.any_failure else
-                                args.signature, args.steps_dir, args.log, patches)
+    return cell, run_cell
+
+
+def _cmd_bisect_step(args: argparse.Namespace) -> int:
+    from harness import bisect
+    _, run_cell = _cell_runner(args)
+    patches = source.patch_files(args.patch)    # a missing patch: a user error now
+    if not args.any_failure and not args.signature:
+        raise UserError("bisect-step needs --signature 'kind: title' or --any-failure")
+    return bisect.main_step(Path.cwd(), run_cell, None if args.any_failure else
+                            args.signature, args.steps_dir, args.log, patches)
+
+
+def _cmd_bisect(args: argparse.Namespace) -> int:
+    from harness import bisect
+    cell, run_cell = _cell_runner(args)
+    patches = source.patch_files(args.patch)    # a missing patch: a user error now
     bisect.check_tree(Path(args.tree).resolve(), args.good, args.bad)  # before any output
-    out = args.out or new_run_dir(paths.data_dir())
+    out = args.out or _out_dir(None)
     step = [sys.executable, "-m", "harness", "bisect-step", "--cell", cell.name,
             "--accel", args.accel, "--periods", str(cell.periods)]
     if args.matrix:
@@ -376,7 +422,7 @@ def _publish(run_dir: Path, db: Path | None) -> None:
             sys.stderr.write(f"cpa-harness: warning: {what} not written: {e.line()}\n")
 
 
-def _do_build(args: argparse.Namespace) -> int:
+def _cmd_build(args: argparse.Namespace) -> int:
     from harness.kernel import build
     arch = get_arch(args.arch)
     _check_source(args)
@@ -391,6 +437,98 @@ def _do_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        return _do_resume(args)
+    cells = _select(args.cell, args.matrix, args.shard)
+    if args.list:
+        print("\n".join(c.name for c in cells))
+        return 0
+    return _do_run(args, cells, matrix=args.matrix)
+
+
+def _cmd_boot(args: argparse.Namespace) -> int:
+    from harness.matrix import cmdline_problem
+    _positive("--memory", args.memory)
+    _positive("--smp", args.smp)
+    problem = cmdline_problem(args.cmdline)
+    if problem:
+        raise UserError(f"--cmdline {problem}")
+    if args.kexec_target and not args.kexec:
+        raise UserError("--kexec-target needs --kexec METHOD", f"methods: {', '.join(METHODS)}")
+    for method in args.kexec:
+        check_method(method, get_arch(args.arch))
+    cell = Cell(f"{args.arch}-boot", args.arch, KERNEL_FRAGMENTS[args.arch],
+                cmdline=args.cmdline, cpu=args.cpu, memory_mb=args.memory,
+                smp=args.smp, expect=Expect(), kexec=tuple(args.kexec))
+    session = "interactive" if args.interactive else "ssh" if args.ssh else None
+    return _do_run(args, [cell], kexec_target=args.kexec_target, session=session)
+
+
+def _cmd_ssh(args: argparse.Namespace) -> int:
+    from harness.scenarios.session import ssh_into_run
+    return ssh_into_run(args.run, args.cell, args.remote, sys.stdout)
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from harness.results.merge import merge
+    merged = merge(args.out, args.runs)
+    print_table(merged, sys.stdout)
+    _publish(args.out, None)
+    sys.stdout.write(f"\nmerged {len(args.runs)} runs into {args.out}\n")
+    return run_exit_code([r.verdict for r in merged])
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from harness.results import history
+    sys.stdout.write(history.format_runs(history.list_runs(args.db or history.default_db())))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from harness.results import history
+    c = history.compare(args.db or history.default_db(), _run_ref(args.run_a),
+                        _run_ref(args.run_b))
+    sys.stdout.write(history.format_comparison(c))
+    return 1 if c.has_regressions else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.results.rundir import read_run
+    loaded = read_run(args.run)[1]
+    print_table(loaded, sys.stdout)
+    return run_exit_code([r.verdict for r in loaded])
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from harness.doctor import doctor
+    return doctor(paths.cache_dir(), args.tree, sys.stdout)
+
+
+def _cmd_parse(args: argparse.Namespace) -> int:
+    from harness.console.cli import main_parse
+    return int(main_parse(args.log, args.json, args.vmlinux, sys.stdout))
+
+
+# name, the line --help shows, its arguments, its handler: in --help's order
+SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = [
+    ("run", "build kernels and run the smoke matrix", _args_run, _cmd_run),
+    ("bisect", "find the commit that made a cell fail", _args_bisect, _cmd_bisect),
+    ("bisect-step", "one bisect step on the current directory's checkout (a 'git bisect "
+     "run' command)", _args_bisect_step, _cmd_bisect_step),
+    ("merge", "join the result directories of a sharded run", _args_merge, _cmd_merge),
+    ("report", "print a run's verdict table again, from disk", _args_report, _cmd_report),
+    ("history", "list the runs in the history store", _args_history, _cmd_history),
+    ("compare", "verdict changes and statistic deltas between runs", _args_compare,
+     _cmd_compare),
+    ("boot", "build one kernel and run the CPA scenario on it", _args_boot, _cmd_boot),
+    ("ssh", "reach a guest of a run that is still up", _args_ssh, _cmd_ssh),
+    ("build", "configure and build one kernel (cached)", _args_build, _cmd_build),
+    ("doctor", "check that this host can build, boot and check", _args_doctor, _cmd_doctor),
+    ("parse", "analyse a saved console log or dmesg", _args_parse, _cmd_parse),
+]
+
+
 def main(argv: list[str]) -> int:
     remote: list[str] = []
     if argv[:1] == ["ssh"] and "--" in argv:
@@ -402,66 +540,8 @@ def main(argv: list[str]) -> int:
     if remote:
         args.remote = [*args.remote, *remote]
     try:
-        if args.command == "run":
-            if args.resume is not None:
-                return _do_resume(args)
-            cells = _select(args.cell, args.matrix, args.shard)
-            if args.list:
-                print("\n".join(c.name for c in cells))
-                return 0
-            return _do_run(args, cells)
-        if args.command == "boot":
-            from harness.matrix import cmdline_problem
-            _positive("--memory", args.memory)
-            _positive("--smp", args.smp)
-            problem = cmdline_problem(args.cmdline)
-            if problem:
-                raise UserError(f"--cmdline {problem}")
-            if args.kexec_target and not args.kexec:
-                raise UserError("--kexec-target needs --kexec METHOD",
-                                f"methods: {', '.join(METHODS)}")
-            for method in args.kexec:
-                check_method(method, get_arch(args.arch))
-            cell = Cell(f"{args.arch}-boot", args.arch, KERNEL_FRAGMENTS[args.arch],
-                        cmdline=args.cmdline, cpu=args.cpu, memory_mb=args.memory,
-                        smp=args.smp, expect=Expect(), kexec=tuple(args.kexec))
-            return _do_run(args, [cell])
-        if args.command == "ssh":
-            from harness.scenarios.session import ssh_into_run
-            return ssh_into_run(args.run, args.cell, args.remote, sys.stdout)
-        if args.command == "build":
-            return _do_build(args)
-        if args.command in ("bisect", "bisect-step"):
-            return _do_bisect(args)
-        if args.command == "merge":
-            from harness.results.merge import merge
-            merged = merge(args.out, args.runs)
-            print_table(merged, sys.stdout)
-            _publish(args.out, None)
-            sys.stdout.write(f"\nmerged {len(args.runs)} runs into {args.out}\n")
-            return run_exit_code([r.verdict for r in merged])
-        if args.command == "history":
-            from harness.results import history
-            sys.stdout.write(history.format_runs(history.list_runs(args.db or
-                                                                   history.default_db())))
-            return 0
-        if args.command == "compare":
-            from harness.results import history
-            c = history.compare(args.db or history.default_db(), _run_ref(args.run_a),
-                                _run_ref(args.run_b))
-            sys.stdout.write(history.format_comparison(c))
-            return 1 if c.has_regressions else 0
-        if args.command == "report":
-            from harness.results.rundir import read_run
-            loaded = read_run(args.run)[1]
-            print_table(loaded, sys.stdout)
-            return run_exit_code([r.verdict for r in loaded])
-        if args.command == "doctor":
-            from harness.doctor import doctor
-            return doctor(paths.cache_dir(), args.tree, sys.stdout)
-        if args.command == "parse":
-            from harness.console.cli import main_parse
-            return int(main_parse(args.log, args.json, args.vmlinux, sys.stdout))
+        handler: Handler = args.handler
+        return handler(args)
     except HarnessError as e:
         sys.stderr.write(f"cpa-harness: error: {e.line()}\n")
         if isinstance(e, BuildError) and e.errors:
@@ -479,7 +559,6 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"cpa-harness: error: {e.strerror or e}{where}: {hint}; results "
                          "written before are intact\n")
         return InfraError.exit_code
-    raise AssertionError(args.command)
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
