@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from harness.progress import report
 
 # The checkout this package lives in: kernel-configs/, guest/ and ci/ sit beside it.
 PACKAGE = Path(__file__).resolve().parent
@@ -57,8 +58,8 @@ def locked(lock: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another harness process to finish with {lock.with_suffix('')}",
-                  file=sys.stderr, flush=True)
+            report(f"waiting for another harness process to finish with "
+                   f"{lock.with_suffix('')}")
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

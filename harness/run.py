@@ -8,10 +8,8 @@ an interrupted run keeps everything already finished.
 from __future__ import annotations
 
 import contextlib
-import io
 import platform
 import secrets
-import shutil
 import sys
 import threading
 import time
@@ -29,6 +27,7 @@ from harness.errors import BuildError, HarnessError, OptionsDropped
 from harness.image import initramfs
 from harness.kernel import build as kbuild
 from harness.kernel import kconfig, source
+from harness.progress import Live, reporting, say
 from harness.results.cell import CellResult, Verdict, write_cell, write_summary
 from harness.scenarios import cpa, kexec, selfcheck
 from harness.scenarios.context import CellContext
@@ -54,12 +53,6 @@ class RunOptions:
     kexec_target: Path | None = None    # a build dir, bzImage or vmlinux; None: the cell's own
     reuse_build_dir: bool = False       # bisect: one build directory across commits
     show_command: bool = False
-
-
-def say(out: TextIO, line: str) -> None:
-    """One timestamped progress line: readable live and in a CI log alike."""
-    out.write(f"{time.strftime('%H:%M:%S')} {line}\n")
-    out.flush()
 
 
 def new_run_dir(base: Path) -> Path:
@@ -103,35 +96,36 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
                  f" ({res.durations.get('total', 0):.0f}s)")
 
     try:
-        src = source.with_patches(source.resolve(opts.tree, cache),
-                                  source.patch_files(list(opts.patches)), cache)
-        meta["source_id"] = src.id
-        meta["kernel_version"] = src.version
-        say(out, f"source: {src.id} ({src.version})")
-        runnable = _prepare(cells, opts, src, run_dir, cache, finish, out, fleet)
-        if opts.show_command:
-            for cell, ctx in runnable:
-                out.write(f"{cell.name}: {ctx.targets.command()}\n")
-            return list(results.values())
-        pool = ThreadPoolExecutor(max_workers=max(1, opts.jobs))
-        try:
-            budget = MemoryBudget.of_host()
-            futures = [pool.submit(_run_one, cell, ctx, out, fleet, budget)
-                       for cell, ctx in runnable]
-            for fut in as_completed(futures):
-                finish(fut.result())
-        except (KeyboardInterrupt, HarnessError) as stop:
-            # Cells not yet started stay "not-run"; running guests are killed so
-            # their threads end now, and what finished is written if it can be
-            # (what stopped the run may be that results cannot be written).
-            pool.shutdown(wait=False, cancel_futures=True)
-            fleet.stop()
-            for fut in futures:
-                if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    with contextlib.suppress(HarnessError):
-                        finish(fut.result())
-            raise stop
-        pool.shutdown()
+        with reporting(out):
+            src = source.with_patches(source.resolve(opts.tree, cache),
+                                      source.patch_files(list(opts.patches)), cache)
+            meta["source_id"] = src.id
+            meta["kernel_version"] = src.version
+            say(out, f"source: {src.id} ({src.version})")
+            runnable = _prepare(cells, opts, src, run_dir, cache, finish, out, fleet)
+            if opts.show_command:
+                for cell, ctx in runnable:
+                    out.write(f"{cell.name}: {ctx.targets.command()}\n")
+                return list(results.values())
+            pool = ThreadPoolExecutor(max_workers=max(1, opts.jobs))
+            try:
+                budget = MemoryBudget.of_host()
+                futures = [pool.submit(_run_one, cell, ctx, out, fleet, budget)
+                           for cell, ctx in runnable]
+                for fut in as_completed(futures):
+                    finish(fut.result())
+            except (KeyboardInterrupt, HarnessError) as stop:
+                # Cells not yet started stay "not-run"; running guests are killed so
+                # their threads end now, and what finished is written if it can be
+                # (what stopped the run may be that results cannot be written).
+                pool.shutdown(wait=False, cancel_futures=True)
+                fleet.stop()
+                for fut in futures:
+                    if fut.done() and not fut.cancelled() and fut.exception() is None:
+                        with contextlib.suppress(HarnessError):
+                            finish(fut.result())
+                raise stop
+            pool.shutdown()
     except KeyboardInterrupt:
         meta["interrupted"] = True
         raise
@@ -150,66 +144,6 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
                 raise
             # else: what stopped the run (a full disk, most likely) is the news
     return [results[n] for n in [*(r.name for r in keep or []), *(c.name for c in cells)]]
-
-
-class Live(io.TextIOBase):
-    """On a terminal: the log lines scroll as usual, and one status line under
-    them shows the cells running and for how long, redrawn every second."""
-
-    def __init__(self, out: TextIO, total: int) -> None:
-        self.out = out
-        self.total = total
-        self.done = 0
-        self.running: dict[str, float] = {}
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.ticker = threading.Thread(target=self._tick, name="live-view", daemon=True)
-        self.ticker.start()
-
-    def isatty(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        with self.lock:
-            self.out.write("\r\033[K" + text)
-            self._draw()
-        return len(text)
-
-    def flush(self) -> None:
-        self.out.flush()
-
-    def started(self, name: str) -> None:
-        with self.lock:
-            self.running[name] = time.monotonic()
-
-    def finished(self, name: str) -> None:
-        with self.lock:
-            self.running.pop(name, None)
-            self.done += 1
-
-    def status(self) -> str:
-        now = time.monotonic()
-        cells = ", ".join(f"{n} {now - t:.0f}s" for n, t in self.running.items())
-        return f"[{self.done}/{self.total} done] {cells or 'building, preparing'}"
-
-    def _draw(self) -> None:
-        width = shutil.get_terminal_size().columns
-        self.out.write(self.status()[:max(20, width - 1)])
-        self.out.flush()
-
-    def _tick(self) -> None:
-        while not self.stop.wait(1.0):
-            with self.lock:
-                self.out.write("\r\033[K")
-                self._draw()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.ticker.join()
-        with self.lock:
-            self.out.write("\r\033[K")
-            self.out.flush()
-        super().close()
 
 
 def _drop_keyed_images(run_dir: Path) -> None:
@@ -309,7 +243,9 @@ def run_session(cell: Cell, opts: RunOptions, run_dir: Path, cache: Path, mode: 
     meta = {"started": time.time(), "host": platform.node(), "tree": opts.tree or "debian",
             "source_id": src.id, "kernel_version": src.version, "session": mode}
     try:
-        for c, ctx in _prepare([cell], opts, src, run_dir, cache, keep, out, Fleet()):
+        with reporting(out):
+            prepared = _prepare([cell], opts, src, run_dir, cache, keep, out, Fleet())
+        for c, ctx in prepared:
             ctx.cell_dir.mkdir(parents=True, exist_ok=True)
             res = session.run(c, ctx, run_dir, mode, out)
     finally:

@@ -36,6 +36,6 @@ def test_the_contracts_described_are_the_ones_checked() -> None:
     names = [c["name"] for c in contracts["contracts"]]
     assert len(names) == 4
     layers = contracts["contracts"][0]["layers"]
-    assert layers[0] == "harness.cli" and layers[-1] == "harness.errors"
+    assert layers[0] == "harness.cli" and layers[-1] == "harness.errors | harness.progress"
     for stage in ("scenarios", "target", "results", "probes", "image", "kernel", "console"):
         assert f"`{stage}/`" in DESIGN, stage

@@ -132,7 +132,7 @@ def test_memory_budget_holds_cells_back_until_memory_is_free() -> None:
 def test_live_view_draws_a_status_line_under_the_log() -> None:
     import io
 
-    from harness.run import Live, say
+    from harness.progress import Live, say
     screen = io.StringIO()
     live = Live(screen, total=2)
     live.started("x86_64-cpa")
@@ -172,3 +172,26 @@ def test_no_ready_marker_from_a_running_kernel_is_not_a_hang(tmp_path: Path) -> 
     with pytest.raises(GuestHang):
         m.wait_ready(1)
     m.close()
+
+
+def test_operations_report_through_the_runs_output() -> None:
+    """An operation's progress goes where the run's lines go (under the live
+    status line on a terminal), never straight to the terminal."""
+    import io
+
+    from harness import progress
+    screen = io.StringIO()
+    live = progress.Live(screen, total=1)
+    with progress.reporting(live):  # type: ignore[arg-type]
+        progress.report("unpacking linux-source-6.12.tar.xz (once)")
+        progress.status("build x86_64:    12s CC arch/x86/mm/pat/set_memory.o")
+        assert "CC arch/x86/mm/pat/set_memory.o" in live.status()
+        progress.clear_status()
+    live.close()
+    text = screen.getvalue()
+    assert " unpacking linux-source-6.12.tar.xz (once)\n" in text
+    out = io.StringIO()
+    with progress.reporting(out):
+        progress.report("copying a tree")
+        progress.status("nothing: not a terminal")
+    assert out.getvalue().endswith(" copying a tree\n") and "nothing" not in out.getvalue()

@@ -25,6 +25,7 @@ from harness.image import debian
 from harness.kernel import elf as elf_module
 from harness.kernel.elf import ELF_MAGIC, check_arch, elf_info_data, needed_closure
 from harness.paths import GUEST_DIR
+from harness.progress import report
 
 # Bump when the archive layout or assembly changes: it is part of the cache key.
 WRITER_VERSION = 1
@@ -358,8 +359,8 @@ def build_initramfs(arch: Arch, cache: Path, *, authorized_key: str | None = Non
         if out.is_file() and digest.is_file():
             if _sha256(out) == digest.read_text().strip():
                 return out
-            print(f"initramfs {out} changed since it was written (corrupted?); making it "
-                  "again", flush=True)
+            report(f"initramfs {out} changed since it was written (corrupted?); making it "
+                   "again")
         roots = {name: debian.extract_package(deb, cache, arch.debian_arch)
                  for name, deb in debs.items()}
         writer = assemble(arch, roots, guest, authorized_key=authorized_key, extra_files=extra)

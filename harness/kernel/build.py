@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from harness.kernel import elf, kconfig
 from harness.kernel import options as kconfig_options
 from harness.kernel.source import Source
 from harness.proc import die_with_parent, kill_group
+from harness.progress import clear_status, report, status
 
 CACHE_VERSION = "1"
 HOST_TOOLS = ("make", "gcc", "flex", "bison", "bc", "perl")
@@ -207,8 +207,8 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
         bdir.mkdir(parents=True, exist_ok=True)
         gone = _discard_interrupted(bdir)
         if gone:
-            print(f"build {req.arch.name}: the last build in {bdir} was interrupted; "
-                  f"{gone} files it wrote are deleted and made again", flush=True)
+            report(f"build {req.arch.name}: the last build in {bdir} was interrupted; "
+                   f"{gone} files it wrote are deleted and made again")
         image, vmlinux = bdir / req.arch.image, bdir / "vmlinux"
         if record:
             _discard_changed(record, [image, vmlinux])
@@ -259,8 +259,8 @@ def _cached(record: Path, req: BuildRequest, elapsed: float) -> Build | None:
         arts = data["artifacts"]
         # A build directory that changed or lost a file since is rebuilt, not trusted.
         if _artifact_record([Path(p) for p in arts]) != arts:
-            print(f"build {req.arch.name}: the cached kernel in {bdir} changed since it was "
-                  "built; building it again", flush=True)
+            report(f"build {req.arch.name}: the cached kernel in {bdir} changed since it was "
+                   "built; building it again")
             return None
         unavailable = tuple(u for u in data.get("unavailable", []) if isinstance(u, dict))
     except (OSError, ValueError, KeyError, TypeError):
@@ -364,28 +364,24 @@ def _raise_build_failure(req: BuildRequest, log: Path, targets: list[str]) -> No
 
 
 class Progress:
-    """One updating line on a terminal; a line a minute otherwise (CI logs)."""
+    """make's progress: the status line, redrawn; and a line a minute (CI logs)."""
 
     def __init__(self, what: str) -> None:
         self.what = what
-        self.tty = sys.stderr.isatty()
         self.start = time.monotonic()
-        self.last = self.start
+        self.drawn = self.said = self.start
         self.count = 0
 
     def line(self, line: str) -> None:
         self.count += 1
         now = time.monotonic()
-        if self.tty and now - self.last > 0.2:
-            text = f"{self.what}: {now - self.start:5.0f}s {line.strip()[:60]}"
-            sys.stderr.write("\r\033[K" + text)
-            self.last = now
-        elif not self.tty and now - self.last > 60:
-            sys.stderr.write(f"{self.what}: {now - self.start:.0f}s, {self.count} lines\n")
-            self.last = now
+        if now - self.drawn > 0.2:
+            status(f"{self.what}: {now - self.start:5.0f}s {line.strip()[:60]}")
+            self.drawn = now
+        if now - self.said > 60:
+            report(f"{self.what}: {now - self.start:.0f}s, {self.count} lines")
+            self.said = now
 
     def done(self) -> None:
-        if self.tty:
-            sys.stderr.write("\r\033[K")
-        sys.stderr.write(f"{self.what}: make finished in {time.monotonic() - self.start:.0f}s\n")
-        sys.stderr.flush()
+        clear_status()
+        report(f"{self.what}: make finished in {time.monotonic() - self.start:.0f}s")

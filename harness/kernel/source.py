@@ -21,6 +21,7 @@ from pathlib import Path
 from harness import paths
 from harness.errors import InfraError, UserError
 from harness.files import write_json
+from harness.progress import report
 
 DEBIAN_TARBALLS = "/usr/src"
 DEBIAN_PACKAGE = "linux-source-6.12"
@@ -231,7 +232,7 @@ def _from_deb(deb: Path, cache: Path) -> Source:
         if not found:
             shutil.rmtree(dest, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=_mkdirs(dest.parent)))
-            print(f"extracting the source tarball from {deb} (once)", flush=True)
+            report(f"extracting the source tarball from {deb} (once)")
             # dpkg-deb --fsys-tarfile | tar: no root, no dpkg database touched
             with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) as dpkg:
@@ -263,7 +264,7 @@ def _unpack(tarball: Path, dest: Path) -> None:
     if dest.exists():   # a half-unpacked tree from an interrupted run
         shutil.rmtree(dest)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
-    print(f"unpacking {tarball} into {dest} (once)", flush=True)
+    report(f"unpacking {tarball} into {dest} (once)")
     r = subprocess.run(["tar", "-xf", str(tarball), "-C", str(tmp)],
                        capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
@@ -327,7 +328,7 @@ def with_patches(src: Source, patches: list[Path], cache: Path) -> Source:
             shutil.rmtree(dest)
         dest.mkdir(parents=True)
         tmp = dest / "tree.tmp"
-        print(f"copying {src.path} to apply {len(patches)} patch(es)", flush=True)
+        report(f"copying {src.path} to apply {len(patches)} patch(es)")
         r = subprocess.run(["cp", "-a", "--reflink=auto", str(src.path), str(tmp)],
                            capture_output=True, text=True, timeout=1800)
         if r.returncode != 0:
