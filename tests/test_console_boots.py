@@ -10,6 +10,7 @@ from harness.console import Analysis, BootEnded, BootStarted, ConsoleParser, par
 from harness.console.boots import parse_kernel_bool
 
 DATA = Path(__file__).parent / "data" / "console"
+LOGS = Path(__file__).parent / "data" / "logs"
 BANNER = "[    0.000000] Linux version {v} (root@build) (gcc 14.2.0) #1 SMP PREEMPT_DYNAMIC\n"
 
 
@@ -79,7 +80,7 @@ def test_log_that_starts_mid_boot() -> None:
                    "[   13.000000] reboot: Power down\n")
     boot = analysis.boots[0]
     assert (boot.kernel, boot.first_line, boot.ended_by) == (None, 1, "poweroff")
-    assert analysis.verdict == "pass"
+    assert analysis.verdict == "no-selftest"     # nothing failed, nothing proven either
     assert analysis.to_json()["boots"][0]["kernel"] is None
 
 
@@ -223,3 +224,19 @@ def test_panic_end_marker_without_its_first_line_is_still_a_panic() -> None:
     boot = analysis.boots[0]
     assert [f.title for f in boot.failures] == ["kernel panic: VFS: Unable to mount root fs"]
     assert boot.ended_by == "panic" and analysis.verdict == "fail"
+
+
+def test_a_log_cut_before_the_first_selftest_pass_is_not_a_pass(tmp_path: Path) -> None:
+    """A real 6.12 i386 boot up to init (tests/data/logs/i386.log, lines 1-435):
+    nothing failed, but no self-test pass either: no-selftest, and parse exits 1."""
+    import io
+
+    from harness.console.cli import main_parse
+    lines = (LOGS / "i386.log").read_bytes().split(b"\n")[:435]
+    cut = tmp_path / "cut.log"
+    cut.write_bytes(b"\n".join(lines) + b"\n")
+    out = io.StringIO()
+    assert main_parse(str(cut), True, None, out) == 1
+    assert '"verdict": "no-selftest"' in out.getvalue()
+    whole = io.StringIO()
+    assert main_parse(str(LOGS / "i386.log"), True, None, whole) == 0

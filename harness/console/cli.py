@@ -10,7 +10,8 @@ from harness.console.parser import parse_path
 
 
 def main_parse(path: str, as_json: bool, vmlinux: str | None, out: TextIO) -> int:
-    """Parse one console log and print it; 0 for verdict pass, 1 for fail or incomplete.
+    """Parse one console log and print it; 0 for verdict pass, 1 for fail,
+    no-selftest or incomplete.
 
     A missing or unreadable log (or a directory) raises UserError, which the
     CLI turns into one line and exit code 2. An empty or binary file is not

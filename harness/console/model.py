@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Verdict = Literal["pass", "fail", "incomplete"]
+Verdict = Literal["pass", "fail", "no-selftest", "incomplete"]
 
 # The closed list of failure kinds, documented in docs/console.md.
 FAILURE_KINDS: tuple[str, ...] = (
@@ -317,12 +317,18 @@ class Analysis:
 
     @property
     def verdict(self) -> Verdict:
-        """fail: any failure or failed self-test pass; incomplete: no kernel output."""
+        """fail: a failure or a failed self-test pass in any boot; incomplete: no
+        kernel output; no-selftest: kernel output, nothing failed, and no
+        self-test pass completed (the log ends before the first one, 30 s after
+        boot, or the kernel lacks CPA_DEBUG), which proves nothing good; pass:
+        a pass completed and nothing failed."""
         if not self.boots:
             return "incomplete"
         for boot in self.boots:
             if boot.failures or any(p.result == "fail" for p in boot.cpa_selftest):
                 return "fail"
+        if not any(p.result == "pass" for b in self.boots for p in b.cpa_selftest):
+            return "no-selftest"
         return "pass"
 
     def to_json(self) -> dict[str, Any]:
