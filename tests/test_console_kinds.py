@@ -47,6 +47,9 @@ EXPECTED: dict[str, tuple[str, str, int, str | None]] = {
     "double_fault.log": ("double_fault", "double fault in recurse_forever", 1,
                          "recurse_forever"),
     "soft_lockup.log": ("soft_lockup", "BUG: soft lockup in spin_forever", 1, "stuck_init"),
+    # the CPU was in memcpy: the title names who called it (generic-frames.txt)
+    "soft_lockup-memcpy.log": ("soft_lockup", "BUG: soft lockup in frob_fill_ring", 1,
+                               "frob_fill_ring"),
     "hard_lockup.log": ("hard_lockup", "BUG: hard lockup in irqs_off_loop", 1,
                         "bad_driver_poll"),
     "rcu_stall.log": ("rcu_stall", "INFO: rcu detected stall in busy_loop", 1,
@@ -202,3 +205,26 @@ def test_vmalloc_failure_and_cpa_bitmap_are_two_failures() -> None:
     boot = p.finish().boots[0]
     assert [f.kind for f in boot.failures] == ["page_alloc_failure", "cpa_selftest"]
     assert [p.result for p in boot.cpa_selftest] == ["fail"]
+
+
+def test_every_generic_frame_has_its_reason() -> None:
+    from harness.console.titles import GENERIC_FRAMES_FILE, is_generic, load_generic_frames
+    entries = load_generic_frames()
+    assert len(entries) > 250 and all(reason for _, reason in entries)
+    # one entry per line: a line that lost its reason is refused, not taken as a pattern
+    text = GENERIC_FRAMES_FILE.read_text()
+    assert sum(1 for ln in text.splitlines() if ln.strip() and not ln.startswith("#")) \
+        == len(entries)
+    for name in ("memcpy_orig", "strscpy", "__fortify_report", "dump_stack_lvl",
+                 "debug_print_object", "__mutex_lock.constprop.0"):
+        assert is_generic(name), name
+    for name in ("pageattr_test", "change_page_attr_set_clr", "frob_fill_ring"):
+        assert not is_generic(name), name
+
+
+def test_an_entry_without_a_reason_is_refused(tmp_path: Path) -> None:
+    from harness.console.titles import load_generic_frames
+    bad = tmp_path / "frames.txt"
+    bad.write_text("# header\nmemcpy\\w*  string helper\nstrlen\n")
+    with pytest.raises(ValueError, match="frames.txt:3: an entry without its reason"):
+        load_generic_frames(bad)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from harness.console.model import Frame
 
@@ -27,63 +28,26 @@ CRASH_KINDS = frozenset({
     "oops", "page_fault", "null_deref", "gpf", "invalid_opcode", "double_fault", "bug",
 })
 
-# Helpers that report, warn, lock, sleep, allocate or take interrupts: never
-# the function a title names while a better one is in the trace.
-GENERIC_FUNCTION = re.compile(
-    r"(?:dump_stack\w*|__dump_stack|show_stack|show_trace_log_lvl|sched_show_task"
-    r"|show_regs|__show_regs|show_regs_if_on_stack|print_\w+|__print_\w+|debug_show_\w+"
-    r"|__warn|warn_slowpath\w*|__warn_printk|report_bug|__report_bug|handle_bug"
-    r"|exc_\w+|asm_exc_\w+|asm_sysvec_\w+|sysvec_\w+|__sysvec_\w+|asm_common_interrupt"
-    r"|common_interrupt|do_error_trap|do_trap|do_int3\w*|die|__die|__die_body|die_addr"
-    r"|oops_\w+|page_fault_oops|no_context|kernelmode_fixup_or_oops|__bad_area\w*"
-    r"|bad_area\w*|do_user_addr_fault|do_kern_addr_fault|handle_page_fault"
-    r"|spurious_kernel_fault|fixup_exception|ex_handler_\w+"
-    r"|panic|nmi_panic|vpanic|check_panic_on_warn|add_taint"
-    r"|kasan_\w+|__kasan_\w+|print_report|print_address_description\w*|__asan_\w+"
-    r"|asan_\w+|check_memory_region\w*|kfence_\w+|__kfence_\w+|kmsan_\w+|__msan_\w+"
-    r"|__kmsan_\w+|kcsan_\w+|__kcsan_\w+|__tsan_\w+|__ubsan_\w+|ubsan_\w+|__ubsan_handle\w*"
-    r"|lock_acquire\w*|__lock_acquire|lock_release|lock_acquired|lock_contended"
-    r"|lockdep_\w+|__lockdep_\w+|validate_chain|check_prev_add|check_prevs_add"
-    r"|check_noncircular|check_deadlock|check_irq_usage|check_usage\w*|mark_lock\w*"
-    r"|mark_usage|mark_held_locks|debug_check_no_locks_\w+|lock_is_held_type"
-    r"|_raw_\w+|__raw_\w+|do_raw_\w+|raw_spin_\w+|spin_(?:lock|unlock|trylock)\w*|queued_\w+|native_queued_\w+"
-    r"|__pv_queued_\w+|pv_queued_\w+|mutex_lock\w*|__mutex_lock\w*|mutex_unlock"
-    r"|__mutex_unlock\w*|mutex_trylock|down|down_\w+|__down\w*|up|up_\w+|rwsem_\w+"
-    r"|__rwsem_\w+|rt_mutex_\w+|__rt_mutex_\w+|rt_spin_\w+|rcu_read_lock\w*"
-    r"|rcu_lock_\w+|__rcu_read_lock|__rcu_read_unlock"
-    r"|schedule|__schedule|schedule_\w+|io_schedule\w*|preempt_schedule\w*|__cond_resched"
-    r"|__switch_to\w*|context_switch"
-    r"|_cond_resched|cond_resched\w*|wait_for_completion\w*|__wait_for_common"
-    r"|wait_for_common\w*|do_wait_for_common|__wait_\w+|usleep_range\w*|msleep\w*"
-    r"|__might_sleep|__might_resched|___might_sleep|might_sleep\w*|__might_fault"
-    r"|__schedule_bug|schedule_debug\w*|__cant_sleep|__cant_migrate"
-    r"|warn_alloc|__alloc_pages\w*|alloc_pages\w*|__alloc_frozen_pages\w*"
-    r"|__get_free_pages|get_zeroed_page\w*|__vmalloc\w*|vmalloc\w*|vzalloc\w*"
-    r"|__vmalloc_node\w*|__vmalloc_area_node|vm_area_alloc_pages|kmalloc\w*|__kmalloc\w*"
-    r"|kmem_cache_alloc\w*|slab_alloc\w*|__slab_alloc\w*|___slab_alloc|kzalloc\w*"
-    r"|krealloc\w*|kvmalloc\w*|__kvmalloc\w*|kmemdup\w*|kstrdup\w*|alloc_slab_page"
-    r"|allocate_slab|new_slab|folio_alloc\w*|__folio_alloc\w*|alloc_pages_mpol\w*"
-    r"|kmemleak_\w+|create_object\w*|__create_object"
-    r"|out_of_memory|oom_kill_process|dump_header|__oom_kill_process"
-    r"|bad_page|free_page_is_bad\w*|check_new_page\w*|free_pages_prepare|__free_pages_ok"
-    r"|free_unref_page\w*|free_unref_folios|__free_pages|free_pages|__free_one_page"
-    r"|__folio_put|folio_put|put_page|__put_page|check_free_page\w*"
-    r"|__list_add_valid\w*|__list_del_entry_valid\w*|__list_add|list_add\w*|list_del\w*"
-    r"|__list_del\w*|__hlist_\w+|hlist_\w+"
-    r"|debug_print_object|debug_object_\w+|__debug_object_\w+|debug_check_\w+"
-    r"|refcount_warn_saturate|refcount_\w+|__refcount_\w+"
-    r"|watchdog_timer_fn|watchdog_\w+|__hrtimer_run_queues|hrtimer_interrupt|hrtimer_\w+"
-    r"|__hrtimer_\w+|tick_\w+|update_process_times|rcu_sched_clock_irq|rcu_pending"
-    r"|rcu_dump_cpu_stacks|print_cpu_stall\w*|check_cpu_stall|rcu_\w*stall\w*|dump_cpu_task"
-    r"|nmi_cpu_backtrace\w*|nmi_trigger_cpumask_backtrace|arch_trigger_cpumask_backtrace"
-    r"|trigger_\w+_backtrace|nmi_handle|default_do_nmi|exc_nmi|asm_exc_nmi"
-    r"|handle_irq_event\w*|__handle_irq_event\w*|handle_\w+_irq|irq_exit\w*|__irq_exit_rcu"
-    r"|handle_softirqs|__do_softirq|do_softirq\w*|run_timer_softirq|call_timer_fn"
-    r"|__run_timers|__run_timer_base|run_timer_base|__sysvec_apic_timer_interrupt"
-    r"|__stack_chk_fail|kthread|ret_from_fork\w*|entry_SYSCALL\w*|do_syscall_\w+"
-    r"|x64_sys_call|__x64_sys_call|syscall_exit_\w+|native_safe_halt|default_idle\w*"
-    r"|__bug|bug_handler)"
-)
+# Frames a title never names while a better one is in the trace (reporting,
+# locking, allocation, string helpers, sanitizers, the stall machinery), one
+# per line with its reason in harness/data/generic-frames.txt.
+GENERIC_FRAMES_FILE = Path(__file__).parent.parent / "data" / "generic-frames.txt"
+
+
+def load_generic_frames(path: Path = GENERIC_FRAMES_FILE) -> list[tuple[str, str]]:
+    """(pattern, reason) of each entry; a line without a reason is a mistake."""
+    entries = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        pattern, _, reason = line.strip().partition("  ")
+        if not reason.strip():
+            raise ValueError(f"{path}:{n}: an entry without its reason: {line!r}")
+        entries.append((pattern, reason.strip()))
+    return entries
+
+
+GENERIC_FUNCTION = re.compile("(?:" + "|".join(p for p, _ in load_generic_frames()) + ")")
 
 # Compiler-made clones: foo.isra.0, foo.constprop.3, foo.part.1, foo.cold, foo.llvm.123
 CLONE_SUFFIX = re.compile(
