@@ -15,7 +15,7 @@ from harness.console import (
     FailureFound,
     SelftestDone,
 )
-from harness.console.reports import MAX_FULL_FAILURES, MAX_REPORT_LINES
+from harness.console.reports import MAX_FULL_FAILURES, MAX_REPEAT_LINES, MAX_REPORT_LINES
 
 DATA = Path(__file__).parent / "data" / "console"
 SAMPLE = (DATA / "x86_64-wx-warning.log").read_bytes()
@@ -172,8 +172,22 @@ def test_interleaved_reports_with_caller_ids() -> None:
 
 
 def test_a_new_header_closes_an_open_report() -> None:
-    analysis, _ = run_all(ts(*WARNING[:6], *WARNING))
+    other = [ln.replace("foo", "frob") for ln in WARNING]
+    analysis, _ = run_all(ts(*WARNING[:6], *other))
     assert [f.completed_by for f in analysis.boots[0].failures] == ["next-line", "end-marker"]
+
+
+def test_the_same_failure_again_is_one_failure_with_a_count() -> None:
+    """A hung task every 120 s, a soft lockup that keeps firing: one failure,
+    counted, with the line of each repeat; a different failure stays apart."""
+    other = [ln.replace("foo", "frob") for ln in WARNING]
+    analysis, events = run_all(ts(*WARNING, *other, *WARNING, *WARNING))
+    fs = analysis.boots[0].failures
+    assert [(f.title, f.count) for f in fs] == [("WARNING in foo", 3), ("WARNING in frob", 1)]
+    assert fs[0].repeat_lines == (2 + 2 * len(WARNING), 2 + 3 * len(WARNING))
+    assert fs[0].to_json()["count"] == 3
+    found = [e for e in events if isinstance(e, FailureFound)]
+    assert [e.failure.title for e in found] == ["WARNING in foo", "WARNING in frob"]
 
 
 def test_a_far_timestamp_closes_an_open_report() -> None:
@@ -237,12 +251,17 @@ def test_sample_log_has_the_known_wx_warning() -> None:
 
 
 def test_warn_storm_keeps_memory_bounded() -> None:
-    storm = ts(*(WARNING * (MAX_FULL_FAILURES + 20)))
+    storm = ts(*(ln.replace("foo", f"foo{i}") for i in range(MAX_FULL_FAILURES + 20)
+                 for ln in WARNING))
     analysis, _ = run_all(storm)
     fs = analysis.boots[0].failures
     assert len(fs) == MAX_FULL_FAILURES + 20
     assert len(fs[-1].report) == 1 and fs[-1].report_lines_dropped == len(WARNING) - 1
-    assert fs[-1].title == "WARNING in foo"
+    assert fs[-1].title == f"WARNING in foo{MAX_FULL_FAILURES + 19}"
+    # the same WARNING over and over: one failure, every repeat counted, lines capped
+    analysis, _ = run_all(ts(*(WARNING * 500)))
+    [f] = analysis.boots[0].failures
+    assert f.count == 500 and len(f.repeat_lines) == MAX_REPEAT_LINES
 
 
 def test_endless_report_keeps_its_line_count_bounded() -> None:

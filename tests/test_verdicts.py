@@ -10,7 +10,7 @@ from harness.console import Analysis
 from harness.console import known as known_issues
 from harness.console.parser import parse_path
 from harness.paths import KNOWN_ISSUES
-from harness.results.cell import CellResult, Verdict, run_exit_code, write_junit
+from harness.results.cell import CellResult, Verdict, print_table, run_exit_code, write_junit
 from harness.scenarios.judge import Outcome, judge, read_console
 
 LOGS = Path(__file__).parent / "data" / "logs"
@@ -29,7 +29,7 @@ def judged_from(a: Analysis, c: Cell, steps: Outcome = PASSED,
                 direct_map: dict[str, int] | None = None, strict: bool = False) -> CellResult:
     """The cell's result as the CPA scenario assembles it, judged."""
     res = CellResult(name=c.name, arch=c.arch)
-    last = a.boots[-1].direct_map[-1] if a.boots else None
+    last = a.boots[-1].direct_map[-1] if a.boots and a.boots[-1].direct_map else None
     res.direct_map = direct_map if direct_map is not None else {
         k: v for k, v in (last.sizes if last else {}).items() if v is not None}
     read_console(a, [] if strict else known_issues.load(KNOWN_ISSUES), c.arch).fill(res)
@@ -100,3 +100,26 @@ def test_junit_lists_the_failure(tmp_path: Path) -> None:
     assert suite is not None and suite.get("failures") == "1"
     failure = suite.find("testcase[@name='no kernel failures']/failure")
     assert failure is not None and "WARNING in verify_rwx" in failure.get("message", "")
+
+
+def test_a_repeated_failure_is_one_failure_with_its_count_everywhere(tmp_path: Path) -> None:
+    """A hung task reported twice in one boot (tests/data/console/kinds/hung_task.log,
+    then again): one failure, 2 times, in the result, the table and JUnit."""
+    import io
+
+    from harness.console import ConsoleParser
+    excerpt = (Path(__file__).parent / "data" / "console" / "kinds" / "hung_task.log").read_text()
+    p = ConsoleParser()
+    p.feed(excerpt + excerpt)
+    res = judged_from(p.finish(), cell("i386"), strict=True)
+    [f] = res.failures
+    assert (f.kind, f.count, len(f.repeat_lines)) == ("hung_task", 2, 1)
+    assert res.verdict == Verdict.FAIL
+    table = io.StringIO()
+    print_table([res], table)
+    assert f"{f.title} (line {f.line}, 2 times)" in table.getvalue()
+    write_junit(tmp_path / "j.xml", [res])
+    failure = ET.parse(tmp_path / "j.xml").getroot().find(
+        "testsuite/testcase[@name='no kernel failures']/failure")
+    assert failure is not None
+    assert f"(2 times, lines {f.line}, {f.repeat_lines[0]})" in failure.get("message", "")

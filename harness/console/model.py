@@ -111,6 +111,10 @@ class Failure:
     caller: str | None = None
     completed_by: str = "end-marker"
     report_lines_dropped: int = 0
+    # How often this boot reported the same failure (kind and title), and the
+    # line of each report after the first (the first MAX_REPEAT_LINES of them)
+    count: int = 1
+    repeat_lines: tuple[int, ...] = ()
 
     @property
     def call_trace(self) -> list[str]:
@@ -135,6 +139,8 @@ class Failure:
             "completed_by": self.completed_by,
             "report": list(self.report),
             "report_lines_dropped": self.report_lines_dropped,
+            "count": self.count,
+            "repeat_lines": list(self.repeat_lines),
         }
 
 

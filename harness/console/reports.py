@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from dataclasses import replace
 from typing import NamedTuple
 
 from harness.console.headers import (
@@ -59,6 +60,8 @@ MAX_REPORT_TOTAL = 5000
 MAX_FRAMES = 128
 # Failures per boot kept with their whole report; later ones keep their header.
 MAX_FULL_FAILURES = 200
+# A failure reported again and again keeps the lines of this many repeats (all are counted).
+MAX_REPEAT_LINES = 100
 # A line printed this many seconds after the report's last line is not part of it.
 TIME_GAP = 2.0
 LOOKBACK = 48
@@ -380,7 +383,10 @@ class ReportAssembler:
         self.boot.panic = panic
 
     def _observe(self, line: Line, normal: bool) -> list[Failure]:
-        done: list[Failure] = []
+        return [f for f in self._observe_all(line, normal) if f is not None]
+
+    def _observe_all(self, line: Line, normal: bool) -> list[Failure | None]:
+        done: list[Failure | None] = []
         text = line.text
         rep = self._open.get(line.caller)
         if rep is not None and line.timestamp is not None and rep.last_ts is not None \
@@ -441,7 +447,8 @@ class ReportAssembler:
         return done
 
     def close_all(self, reason: str) -> list[Failure]:
-        return [self._close(rep, reason) for rep in list(self._open.values())]
+        closed = [self._close(rep, reason) for rep in list(self._open.values())]
+        return [f for f in closed if f is not None]
 
     def _start(self, spec: HeaderSpec, m: re.Match[str], line: Line) -> OpenReport:
         rep = OpenReport(spec, m, line, self._pre_lines(spec, line))
@@ -451,14 +458,24 @@ class ReportAssembler:
         self._open[line.caller] = rep
         return rep
 
-    def _close(self, rep: OpenReport, reason: str) -> Failure:
+    def _close(self, rep: OpenReport, reason: str) -> Failure | None:
+        """The report is complete: a new failure (returned), or the same failure
+        once more in this boot (a hung task every 120 s, a soft lockup that
+        keeps firing), counted on the first one, and None."""
         if self._open.get(rep.caller) is rep:
             del self._open[rep.caller]
         if reason == "flush" and rep.absorbs:
             self._flushed[rep.caller] = (frozenset(rep.absorbs), rep.last_line)
         failure = rep.failure(reason, keep_report=len(self.boot.failures) < MAX_FULL_FAILURES)
-        self.boot.failures.append(failure)
         self.boot.last_line = max(self.boot.last_line, failure.last_line)
+        for n, seen in enumerate(self.boot.failures):
+            if (seen.kind, seen.title) == (failure.kind, failure.title):
+                lines = seen.repeat_lines
+                if len(lines) < MAX_REPEAT_LINES:
+                    lines = (*lines, failure.line)
+                self.boot.failures[n] = replace(seen, count=seen.count + 1, repeat_lines=lines)
+                return None
+        self.boot.failures.append(failure)
         return failure
 
     def _pre_lines(self, spec: HeaderSpec, line: Line) -> list[Line]:

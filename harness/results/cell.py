@@ -48,6 +48,16 @@ class FailureRecord:
     known_reason: str = ""
     call_trace: list[str] = field(default_factory=list)
     report: list[str] = field(default_factory=list)
+    count: int = 1      # how often the boot reported it
+    repeat_lines: list[int] = field(default_factory=list)     # the line of each repeat
+
+    def times(self) -> str:
+        """' (3 times, lines 161, 402, 643)' for a repeated failure, '' otherwise."""
+        if self.count == 1:
+            return ""
+        lines = [self.line, *self.repeat_lines]
+        shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
+        return f" ({self.count} times, lines {shown})"
 
 
 @dataclass
@@ -182,7 +192,7 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
                           f"{rt.get('boot_id_after') or '?'}"))
         bad = [f for f in c.failures if not f.known]
         cases.append(("no kernel failures",
-                      "; ".join(f"{f.kind}: {f.title}" for f in bad) or None,
+                      "; ".join(f"{f.kind}: {f.title}{f.times()}" for f in bad) or None,
                       "\n\n".join("\n".join(f.report) for f in bad)))
         failed = 0
         for name, failure, text in cases:
@@ -230,7 +240,8 @@ def print_table(cells: list[CellResult], out: TextIO) -> None:
     for c in cells:
         for f in c.failures:
             tag = f"known: {f.known_reason[:70]}..." if f.known else "FAILED"
-            out.write(f"  {c.name}: {f.kind}: {f.title} (line {f.line}) [{tag}]\n")
+            again = f", {f.count} times" if f.count > 1 else ""
+            out.write(f"  {c.name}: {f.kind}: {f.title} (line {f.line}{again}) [{tag}]\n")
     # Said once, with the arches it holds for: every cell of a build lacks the same.
     arches: dict[str, list[str]] = {}
     for c in cells:

@@ -196,7 +196,7 @@ def _failures(cells: list[CellResult]) -> str:
                 f' data-kind="{_e(f.kind)}" data-known="{str(known).lower()}">'
                 f'<h3 class="title">{_e(f.title)}</h3>'
                 f"<p>cell <b>{_e(cell.name)}</b>, kind <b class=\"kind\">{_e(f.kind)}</b>, "
-                f"console line {_e(f.line)}, boot {_e(f.boot)}</p>"
+                f"console line {_e(f.line)}, boot {_e(f.boot)}{_e(f.times())}</p>"
                 f'<p class="known">{status}</p>'
                 # Known failures are expected noise: their report is one click away.
                 f'<details{"" if known else " open"}><summary>console report '

@@ -362,14 +362,17 @@ class _Tests:
         lines: list[str] = []
         for f in c.failures:
             tag = " [known issue]" if f.known else ""
-            lines.append(f"{f.kind}: {f.title} (console line {f.line}, boot {f.boot}){tag}")
+            lines.append(f"{f.kind}: {f.title} (console line {f.line}, boot {f.boot})"
+                         f"{f.times()}{tag}")
             if not f.known:
                 lines += [*f.report[:REPORT_LINES], ""]
         _put(t, "log_excerpt", _excerpt(lines))
         _put(t, "misc", {"failures": [
             {"kind": f.kind, "title": f.title, "line": f.line, "boot": f.boot,
              "known": f.known, **({"known_reason": f.known_reason} if f.known else {}),
-             "call_trace": f.call_trace} for f in c.failures]})
+             "call_trace": f.call_trace, "count": f.count,
+             **({"repeat_lines": f.repeat_lines} if f.repeat_lines else {})}
+            for f in c.failures]})
         return t
 
 

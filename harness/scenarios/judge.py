@@ -55,7 +55,7 @@ def read_console(analysis: Analysis, known: list[KnownIssue], arch: str) -> Cons
             failures.append(FailureRecord(
                 kind=f.kind, title=f.title, line=f.line, boot=n, known=k is not None,
                 known_reason=k.reason if k else "", call_trace=list(f.call_trace),
-                report=list(f.report)))
+                report=list(f.report), count=f.count, repeat_lines=list(f.repeat_lines)))
     boots = [{"boot": n, "kernel": b.kernel, "ended_by": b.ended_by, "failures": len(b.failures)}
              for n, b in enumerate(analysis.boots)]
     passes = [{**p.to_json(), "boot": n} for n, b in enumerate(analysis.boots)
