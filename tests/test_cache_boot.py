@@ -114,7 +114,8 @@ def test_two_processes_fill_one_cache_at_once(tmp_path: Path) -> None:
     # The guest's initramfs: two processes making the same image at once.
     image = build_initramfs(ARCH, paths.cache_dir())
     image.with_name(image.name + ".sha256").unlink()
-    code = ("from harness import initramfs, paths; from harness.arches import get_arch; "
+    code = ("from harness import paths; from harness.arches import get_arch; "
+            "from harness.image import initramfs; "
             "print(initramfs.build_initramfs(get_arch('x86_64'), paths.cache_dir()))")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]

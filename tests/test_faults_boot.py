@@ -20,7 +20,7 @@ from harness import paths
 from harness.cells import SMOKE
 from harness.results.cell import Verdict
 from harness.run import RunOptions, run_cells
-from harness.scenarios import cpa
+from harness.target import vm
 from harness.target.ssh import free_port
 
 pytestmark = pytest.mark.boot
@@ -34,7 +34,7 @@ def test_a_taken_ssh_port_is_an_infra_error_and_retried(tmp_path: Path,
     squatter.listen(1)
     taken = squatter.getsockname()[1]
     ports = iter([taken])
-    monkeypatch.setattr(cpa, "free_port", lambda: next(ports, None) or free_port())
+    monkeypatch.setattr(vm, "free_port", lambda: next(ports, None) or free_port())
     cell = replace(next(c for c in SMOKE if c.name == "i386"), periods=0)
     try:
         [res] = run_cells([cell], RunOptions(jobs=1), tmp_path, paths.cache_dir())
