@@ -195,3 +195,22 @@ def test_operations_report_through_the_runs_output() -> None:
         progress.report("copying a tree")
         progress.status("nothing: not a terminal")
     assert out.getvalue().endswith(" copying a tree\n") and "nothing" not in out.getvalue()
+
+
+def test_a_record_that_overtakes_a_markers_newline_is_found_from_a_mark(
+        tmp_path: Path) -> None:
+    """As in a real selfcheck boot (i386, LKDTM WARNING): LKDTM's announcement
+    began right after the begin marker, before the shell's newline, so the view
+    holds it before the marker's line. Looked for from a mark taken before the
+    command was typed, it is found; from after the marker, it is not."""
+    m = machine(tmp_path, "sh", "-c",
+                "sleep 0.3; printf '@@CPA-2-BEGIN@@[    3.112319][   T63] lkdtm: Performing "
+                "direct entry WARNING\\r\\n[    3.113095][   T63] random: crng init done"
+                "\\r\\n\\r\\n'; sleep 30")
+    typed = m.mark()
+    m.wait_for(re.compile(rb"@@CPA-2-BEGIN@@"), 5, "begin marker")
+    trigger = re.compile(rb"lkdtm: Performing direct entry (\w+)")
+    with pytest.raises(GuestHang):
+        m.wait_for(trigger, 1, "LKDTM announcing WARNING")
+    assert m.wait_for(trigger, 1, "LKDTM announcing WARNING", since=typed).group(1) == b"WARNING"
+    m.close()

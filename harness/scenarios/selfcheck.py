@@ -88,10 +88,14 @@ def provoke(p: Provocation, cell: Cell, ctx: CellContext) -> dict[str, Any]:
         # report can arrive in the same read as LKDTM's announcement.
         trigger = con.parser.analysis.lines
         check["trigger_line"] = trigger
-        # Its begin marker proves the trigger was typed and started.
+        # Its begin marker proves the trigger was typed and started. LKDTM's
+        # announcement can overtake the rest of that marker's line (printk
+        # writes at once, the shell's newline waits in the tty), so it is
+        # looked for from before the trigger was typed.
+        typed = con.mark()
         con.type_command(f"echo {p.crash} > {DIRECT}", t.command)
         delivered = True
-        con.wait_for(TRIGGER_RE, t.command, f"LKDTM announcing {p.crash}")
+        con.wait_for(TRIGGER_RE, t.command, f"LKDTM announcing {p.crash}", since=typed)
         try:
             con.wait_until(lambda: any(f.kind == p.kind for f in con.failures_after(trigger)),
                            p.wait, f"a {p.kind} report")

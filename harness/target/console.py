@@ -190,17 +190,26 @@ class Console:
         if self.pending_fatal is not None:
             raise FailureSeen(self.pending_fatal)
 
-    def wait_for(self, pattern: re.Pattern[bytes], timeout: float,
-                 what: str) -> re.Match[bytes]:
+    def mark(self) -> int:
+        """Where the console is now, for a later wait_for(since=...)."""
+        return self.view.end
+
+    def wait_for(self, pattern: re.Pattern[bytes], timeout: float, what: str,
+                 since: int | None = None) -> re.Match[bytes]:
         """Wait for `pattern` in a complete line of the console, failing fast on a
         kernel failure. Kernel records that split the line are not in the way
-        (harness.target.serial)."""
+        (harness.target.serial).
+
+        The search starts where the last match ended, or at `since` (a mark()):
+        a kernel record that began inside a marker's line comes before that
+        line in the view, so what a typed command made the kernel print is
+        searched for from before the command was typed."""
         assert self.child is not None
         deadline = time.monotonic() + timeout
         backstop = self.cell_deadline is not None and self.cell_deadline < deadline
         if backstop:
             deadline = self.cell_deadline or deadline
-        start = searched = self._cursor
+        start = searched = self._cursor if since is None else since
         while True:
             self._check_fatal()
             # Markers are single lines: only lines completed since the last
