@@ -17,8 +17,9 @@ import pytest
 
 from harness import bisect
 from harness.cells import ALL_CELLS
+from harness.console.model import Failure
 from harness.errors import UserError
-from harness.results.cell import CellResult, FailureRecord, Verdict
+from harness.results.cell import CellFailure, CellResult, Verdict
 
 CELL = ALL_CELLS[0]
 
@@ -55,8 +56,8 @@ def fake_cell(tree: Path, out: Path) -> CellResult:
     res = CellResult(name=CELL.name, arch=CELL.arch, build_dir="/b", boot_id="x",
                      verdict=Verdict.FAIL if broken else Verdict.PASS)
     if broken:
-        res.failures.append(FailureRecord("cpa_selftest", "CPA self-test NOT PASSED", 1, 0,
-                                          report=["CPA self-test:", "NOT PASSED."]))
+        res.failures.append(CellFailure(Failure("cpa_selftest", "CPA self-test NOT PASSED", 1, 1,
+                                                2, ("CPA self-test:", "NOT PASSED.")), 0))
         res.reason = "cpa_selftest: CPA self-test NOT PASSED"
         d = out / "cells" / CELL.name
         d.mkdir(parents=True)
@@ -117,7 +118,7 @@ def test_step_answers() -> None:
     ok = CellResult(name="c", arch="x86_64", verdict=Verdict.PASS)
     assert bisect.answer(ok, "x") == bisect.GOOD
     same = CellResult(name="c", arch="x86_64", verdict=Verdict.FAIL, build_dir="/b",
-                      failures=[FailureRecord("oops", "Oops in f", 1, 0)])
+                      failures=[CellFailure(Failure("oops", "Oops in f", 1, 1, 1, ()), 0)])
     assert bisect.answer(same, "oops: Oops in f") == bisect.BAD
     assert bisect.answer(same, "warning: WARNING in g") == bisect.SKIP   # not chased
     assert bisect.answer(same, None) == bisect.BAD                        # --any-failure

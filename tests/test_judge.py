@@ -7,16 +7,17 @@ from typing import Any
 import pytest
 
 from harness.cells import Expect
-from harness.results.cell import CellResult, FailureRecord, Verdict
+from harness.console.model import Failure
+from harness.results.cell import CellFailure, CellResult, Verdict
 from harness.scenarios.judge import Outcome, judge
 
 PASS = Outcome(Verdict.PASS)
 BOOTED = [{"boot": 0, "kernel": "6.12.117", "ended_by": None, "failures": 0}]
 GOOD_PASS = [{"result": "pass", "boot": 0}]
-WARN = FailureRecord(kind="warning", title="WARNING in verify_rwx", line=9, boot=0)
-KNOWN = FailureRecord(kind="warning", title="WARNING in verify_rwx", line=9, boot=0, known=True,
-                      known_reason="a known issue")
-HANG = FailureRecord(kind="hang", title="no CPA self-test verdict within 180s", line=0, boot=0)
+WARNING = Failure("warning", "WARNING in verify_rwx", 9, 9, 9, ())
+WARN = CellFailure(WARNING, boot=0)
+KNOWN = CellFailure(WARNING, boot=0, known=True, known_reason="a known issue")
+HANG = CellFailure.seen_by_harness("hang", "no CPA self-test verdict within 180s", 0, [])
 GB_STATS = {"boot": {"ptdump": {"DirectMap4k": 4096, "DirectMap2M": 2048,
                                 "DirectMap1G": 3145728}}}
 

@@ -113,7 +113,7 @@ def test_a_repeated_failure_is_one_failure_with_its_count_everywhere(tmp_path: P
     p.feed(excerpt + excerpt)
     res = judged_from(p.finish(), cell("i386"), strict=True)
     [f] = res.failures
-    assert (f.kind, f.count, len(f.repeat_lines)) == ("hung_task", 2, 1)
+    assert (f.kind, f.failure.count, len(f.failure.repeat_lines)) == ("hung_task", 2, 1)
     assert res.verdict == Verdict.FAIL
     table = io.StringIO()
     print_table([res], table)
@@ -122,4 +122,4 @@ def test_a_repeated_failure_is_one_failure_with_its_count_everywhere(tmp_path: P
     failure = ET.parse(tmp_path / "j.xml").getroot().find(
         "testsuite/testcase[@name='no kernel failures']/failure")
     assert failure is not None
-    assert f"(2 times, lines {f.line}, {f.repeat_lines[0]})" in failure.get("message", "")
+    assert f"(2 times, lines {f.line}, {f.failure.repeat_lines[0]})" in failure.get("message", "")

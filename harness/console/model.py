@@ -82,6 +82,13 @@ class Frame:
         mod = f" [{self.module}]" if self.module else ""
         return f"{self.function}+{self.offset:#x}/{self.size:#x}{mod}"
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Frame:
+        return cls(function=str(d["function"]), offset=int(d.get("offset", 0)),
+                   size=int(d.get("size", 0)), module=d.get("module"),
+                   reliable=bool(d.get("reliable", True)), context=d.get("context"),
+                   file=d.get("file"), line=d.get("line"))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "function": self.function,
@@ -123,6 +130,33 @@ class Failure:
     @property
     def unreliable_frames(self) -> list[str]:
         return [f.function for f in self.frames if not f.reliable]
+
+    def times(self) -> str:
+        """' (3 times, lines 161, 402, 643)' for a repeated failure, '' otherwise."""
+        if self.count == 1:
+            return ""
+        lines = [self.line, *self.repeat_lines]
+        shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
+        return f" ({self.count} times, lines {shown})"
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Failure:
+        """The inverse of to_json. A result written before frames were kept has
+        only the reliable frames' names: they come back without offsets."""
+        if "frames" in d:
+            frames = tuple(Frame.from_json(f) for f in d["frames"])
+        else:
+            frames = tuple(Frame(str(name), 0, 0) for name in d.get("call_trace", []))
+        line = int(d["line"])
+        return cls(kind=str(d["kind"]), title=str(d["title"]), line=line,
+                   first_line=int(d.get("first_line", line)),
+                   last_line=int(d.get("last_line", line)),
+                   report=tuple(map(str, d.get("report", []))), frames=frames,
+                   rip=Frame.from_json(d["rip"]) if d.get("rip") else None,
+                   caller=d.get("caller"), completed_by=str(d.get("completed_by", "")),
+                   report_lines_dropped=int(d.get("report_lines_dropped", 0)),
+                   count=int(d.get("count", 1)),
+                   repeat_lines=tuple(map(int, d.get("repeat_lines", []))))
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from xml.etree import ElementTree as ET
 
+from harness.console.model import Failure
 from harness.files import atomic, write_json
 
 
@@ -38,26 +39,44 @@ def run_exit_code(verdicts: list[Verdict]) -> int:
     return 0
 
 
-@dataclass
-class FailureRecord:
-    kind: str
-    title: str
-    line: int
+@dataclass(frozen=True)
+class CellFailure:
+    """One failure of a cell: a report the console analysis found, as it found
+    it, or the harness's own account of a failure no report shows (a hang, a
+    kexec that never arrived, a reset: line 0, the console's tail as its
+    report), with the boot it is in and whether a known issue explains it."""
+
+    failure: Failure
     boot: int
     known: bool = False
     known_reason: str = ""
-    call_trace: list[str] = field(default_factory=list)
-    report: list[str] = field(default_factory=list)
-    count: int = 1      # how often the boot reported it
-    repeat_lines: list[int] = field(default_factory=list)     # the line of each repeat
 
-    def times(self) -> str:
-        """' (3 times, lines 161, 402, 643)' for a repeated failure, '' otherwise."""
-        if self.count == 1:
-            return ""
-        lines = [self.line, *self.repeat_lines]
-        shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
-        return f" ({self.count} times, lines {shown})"
+    @classmethod
+    def seen_by_harness(cls, kind: str, title: str, boot: int,
+                        tail: list[str]) -> CellFailure:
+        return cls(Failure(kind=kind, title=title, line=0, first_line=0, last_line=0,
+                           report=tuple(tail), completed_by=""), boot)
+
+    @property
+    def kind(self) -> str:
+        return self.failure.kind
+
+    @property
+    def title(self) -> str:
+        return self.failure.title
+
+    @property
+    def line(self) -> int:
+        return self.failure.line
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.failure.to_json(), "boot": self.boot, "known": self.known,
+                "known_reason": self.known_reason}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CellFailure:
+        return cls(Failure.from_json(d), int(d.get("boot", 0)), bool(d.get("known", False)),
+                   str(d.get("known_reason", "")))
 
 
 @dataclass
@@ -87,7 +106,7 @@ class CellResult:
     direct_map: dict[str, int] = field(default_factory=dict)
     vmstat: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)     # snapshots and their delta
-    failures: list[FailureRecord] = field(default_factory=list)
+    failures: list[CellFailure] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
     selfcheck: list[dict[str, Any]] = field(default_factory=list)
     ssh: dict[str, Any] = field(default_factory=dict)       # port, host key, connect time
@@ -114,6 +133,7 @@ class CellResult:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["verdict"] = self.verdict.value
+        d["failures"] = [f.to_json() for f in self.failures]
         return d
 
     def splits_summary(self) -> str:
@@ -192,8 +212,8 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
                           f"{rt.get('boot_id_after') or '?'}"))
         bad = [f for f in c.failures if not f.known]
         cases.append(("no kernel failures",
-                      "; ".join(f"{f.kind}: {f.title}{f.times()}" for f in bad) or None,
-                      "\n\n".join("\n".join(f.report) for f in bad)))
+                      "; ".join(f"{f.kind}: {f.title}{f.failure.times()}" for f in bad) or None,
+                      "\n\n".join("\n".join(f.failure.report) for f in bad)))
         failed = 0
         for name, failure, text in cases:
             case = ET.SubElement(suite, "testcase", classname=c.name, name=name)
@@ -240,7 +260,7 @@ def print_table(cells: list[CellResult], out: TextIO) -> None:
     for c in cells:
         for f in c.failures:
             tag = f"known: {f.known_reason[:70]}..." if f.known else "FAILED"
-            again = f", {f.count} times" if f.count > 1 else ""
+            again = f", {f.failure.count} times" if f.failure.count > 1 else ""
             out.write(f"  {c.name}: {f.kind}: {f.title} (line {f.line}{again}) [{tag}]\n")
     # Said once, with the arches it holds for: every cell of a build lacks the same.
     arches: dict[str, list[str]] = {}

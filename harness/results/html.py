@@ -190,17 +190,18 @@ def _failures(cells: list[CellResult]) -> str:
             known = bool(f.known)
             status = (f"known: {_e(f.known_reason)}" if known
                       else '<span class="lost">not known: a finding</span>')
-            report = "\n".join(_text(line) for line in f.report) if f.report else "(no report)"
+            lines = f.failure.report
+            report = "\n".join(_text(line) for line in lines) if lines else "(no report)"
             parts.append(
                 f'<article class="failure{" known" if known else ""}" data-cell="{_e(cell.name)}"'
                 f' data-kind="{_e(f.kind)}" data-known="{str(known).lower()}">'
                 f'<h3 class="title">{_e(f.title)}</h3>'
                 f"<p>cell <b>{_e(cell.name)}</b>, kind <b class=\"kind\">{_e(f.kind)}</b>, "
-                f"console line {_e(f.line)}, boot {_e(f.boot)}{_e(f.times())}</p>"
+                f"console line {_e(f.line)}, boot {_e(f.boot)}{_e(f.failure.times())}</p>"
                 f'<p class="known">{status}</p>'
                 # Known failures are expected noise: their report is one click away.
                 f'<details{"" if known else " open"}><summary>console report '
-                f'({len(f.report)} lines)</summary>'
+                f'({len(lines)} lines)</summary>'
                 f'<pre class="report">{escape(report)}</pre></details></article>')
     body = "".join(parts) or "<p>No kernel failures.</p>"
     return f'<section id="failures"><h2>Failures</h2>{body}</section>'

@@ -363,15 +363,15 @@ class _Tests:
         for f in c.failures:
             tag = " [known issue]" if f.known else ""
             lines.append(f"{f.kind}: {f.title} (console line {f.line}, boot {f.boot})"
-                         f"{f.times()}{tag}")
+                         f"{f.failure.times()}{tag}")
             if not f.known:
-                lines += [*f.report[:REPORT_LINES], ""]
+                lines += [*f.failure.report[:REPORT_LINES], ""]
         _put(t, "log_excerpt", _excerpt(lines))
         _put(t, "misc", {"failures": [
             {"kind": f.kind, "title": f.title, "line": f.line, "boot": f.boot,
              "known": f.known, **({"known_reason": f.known_reason} if f.known else {}),
-             "call_trace": f.call_trace, "count": f.count,
-             **({"repeat_lines": f.repeat_lines} if f.repeat_lines else {})}
+             "call_trace": f.failure.call_trace, "count": f.failure.count,
+             **({"repeat_lines": f.failure.repeat_lines} if f.failure.repeat_lines else {})}
             for f in c.failures]})
         return t
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.results.cell import CellResult, FailureRecord, Verdict
+from harness.results.cell import CellFailure, CellResult, Verdict
 
 # What run.py names cell directories by: the matrix's cell names (matrix.NAME_RE).
 CELL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -87,7 +87,7 @@ def cell_from_json(data: Any, path: Path) -> CellResult:
     kw.setdefault("started", 0.0)
     try:
         kw["verdict"] = Verdict(data.get("verdict", Verdict.NOT_RUN.value))
-        kw["failures"] = [_failure_from_json(f) for f in data.get("failures") or []]
+        kw["failures"] = [CellFailure.from_json(f) for f in data.get("failures") or []]
         return CellResult(**kw)
     except (ValueError, TypeError, AttributeError) as e:
         raise UserError(f"{path} is not a cell result: {e}") from None
@@ -105,11 +105,6 @@ def _check_shapes(kw: dict[str, Any], path: Path) -> None:
     for key in ("reason", "build_dir", "config_hash", "serial_log", "boot_id"):
         if not isinstance(kw.get(key, ""), str):
             raise UserError(f"{path} is not a cell result: {key} is not a string")
-
-
-def _failure_from_json(data: dict[str, Any]) -> FailureRecord:
-    known = {f.name for f in dataclasses.fields(FailureRecord)}
-    return FailureRecord(**{k: v for k, v in data.items() if k in known})
 
 
 def read_cell(run_dir: Path, entry: Any, summary_path: Path) -> CellResult:

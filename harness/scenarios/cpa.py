@@ -24,7 +24,7 @@ from harness.errors import HarnessError, InfraError, UserError
 from harness.files import write_json
 from harness.kernel import facts
 from harness.probes import flush, runtime, stats
-from harness.results.cell import CellResult, FailureRecord, Verdict
+from harness.results.cell import CellFailure, CellResult, Verdict
 from harness.scenarios import kexec
 from harness.scenarios.context import SELFTEST_PERIOD, CellContext, new_result
 from harness.scenarios.judge import Outcome, judge, read_console
@@ -146,7 +146,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
 
 
 def ended_by(e: Exception,
-             target: Target) -> tuple[Outcome, FailureRecord | None, Ending | None]:
+             target: Target) -> tuple[Outcome, CellFailure | None, Ending | None]:
     """How the steps ended, from what stopped them: the outcome, the failure it
     records if any, and how the machine stopped if it did.
 
@@ -156,9 +156,8 @@ def ended_by(e: Exception,
     """
     con = target.console
 
-    def record(kind: str, title: str) -> FailureRecord:
-        return FailureRecord(kind=kind, title=title, line=0, boot=con.boot_index(),
-                             report=con.tail())
+    def record(kind: str, title: str) -> CellFailure:
+        return CellFailure.seen_by_harness(kind, title, con.boot_index(), con.tail())
 
     if isinstance(e, FailureSeen):
         return Outcome(Verdict.FAIL, f"{e.failure.kind}: {e.failure.title}"), None, None

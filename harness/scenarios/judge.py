@@ -17,7 +17,7 @@ from harness.cells import Expect
 from harness.console import Analysis
 from harness.console.known import KnownIssue
 from harness.console.known import match as match_known
-from harness.results.cell import CellResult, FailureRecord, Verdict
+from harness.results.cell import CellFailure, CellResult, Verdict
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Outcome:
 class ConsoleFindings:
     """What the console analysis of a whole cell says, in the result's terms."""
 
-    failures: list[FailureRecord]
+    failures: list[CellFailure]
     boots: list[dict[str, Any]]
     cpa_selftest: list[dict[str, Any]]      # every boot's passes, each with its boot
     kernel_version: str | None = None       # the cell's own kernel (the first boot's)
@@ -52,10 +52,8 @@ def read_console(analysis: Analysis, known: list[KnownIssue], arch: str) -> Cons
     for n, boot in enumerate(analysis.boots):
         for f in boot.failures:
             k = match_known(known, f.kind, f.title, boot.kernel, arch)
-            failures.append(FailureRecord(
-                kind=f.kind, title=f.title, line=f.line, boot=n, known=k is not None,
-                known_reason=k.reason if k else "", call_trace=list(f.call_trace),
-                report=list(f.report), count=f.count, repeat_lines=list(f.repeat_lines)))
+            failures.append(CellFailure(f, n, known=k is not None,
+                                        known_reason=k.reason if k else ""))
     boots = [{"boot": n, "kernel": b.kernel, "ended_by": b.ended_by, "failures": len(b.failures)}
              for n, b in enumerate(analysis.boots)]
     passes = [{**p.to_json(), "boot": n} for n, b in enumerate(analysis.boots)
