@@ -69,7 +69,7 @@ def test_a_kexec_that_never_arrives_fails_the_kernel(tmp_path: Path) -> None:
     res, _ = run_cell(tmp_path, Script(kexec_arrives=False), cell)
     assert res.verdict == Verdict.FAIL
     assert res.reason.startswith("kexec: no 'Starting new kernel'"), res.reason
-    assert len(res.kexec) == 1 and not res.kexec[0]["verified"]
+    assert len(res.kexec) == 1 and not res.kexec[0].verified
 
 
 def test_a_kexec_round_trip_is_proven(tmp_path: Path) -> None:
@@ -77,8 +77,8 @@ def test_a_kexec_round_trip_is_proven(tmp_path: Path) -> None:
     res, _ = run_cell(tmp_path, Script(), cell)
     assert (res.verdict, res.reason) == (Verdict.PASS, "")
     [rt] = res.kexec
-    assert rt["verified"] and rt["selftest"] == "pass" and rt["boot"] == 1
-    assert rt["boot_id_after"] != rt["boot_id_before"]
+    assert rt.verified and rt.selftest == "pass" and rt.boot == 1
+    assert rt.boot_id_after != rt.boot_id_before
 
 
 def test_a_guest_that_resets_fails_with_the_targets_account(tmp_path: Path) -> None:

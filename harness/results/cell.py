@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
 from xml.etree import ElementTree as ET
@@ -80,6 +80,37 @@ class CellFailure:
 
 
 @dataclass
+class RoundTrip:
+    """One kexec round trip (scenarios/kexec.py): what was loaded, and how the
+    new kernel proved it was running."""
+
+    method: str
+    nonce: str
+    boot_id_before: str
+    boot_id_after: str = ""
+    cmdline_after: str = ""
+    verified: bool = False
+    seconds_to_ready: float | None = None
+    boot: int | None = None          # the new kernel's boot in the console analysis
+    selftest: str = ""               # the new kernel's first CPA self-test result
+    error: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def passed(self) -> bool:
+        """Proven (nonce and new boot id), and the new kernel passed the self-test."""
+        return self.verified and self.selftest == "pass"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RoundTrip:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+
+@dataclass
 class CellResult:
     name: str
     arch: str
@@ -111,7 +142,7 @@ class CellResult:
     selfcheck: list[dict[str, Any]] = field(default_factory=list)
     ssh: dict[str, Any] = field(default_factory=dict)       # port, host key, connect time
     guest: dict[str, Any] = field(default_factory=dict)     # runtime.GuestView: what ran
-    kexec: list[dict[str, Any]] = field(default_factory=list)   # kexec.RoundTrip each
+    kexec: list[RoundTrip] = field(default_factory=list)
     boots: list[dict[str, Any]] = field(default_factory=list)   # every boot the console saw
     serial_tail: list[str] = field(default_factory=list)    # context for infrastructure errors
     flush: dict[str, Any] = field(default_factory=dict)     # flush accounting windows
@@ -166,12 +197,7 @@ class CellResult:
         """Round trips proven (nonce and boot id) and self-tested, of those tried."""
         if not self.kexec:
             return "-"
-        return f"{sum(1 for rt in self.kexec if trip_passed(rt))}/{len(self.kexec)}"
-
-
-def trip_passed(rt: dict[str, Any]) -> bool:
-    """A kexec round trip proven (nonce and new boot id) whose new kernel passed the self-test."""
-    return bool(rt.get("verified")) and rt.get("selftest") == "pass"
+        return f"{sum(1 for rt in self.kexec if rt.passed())}/{len(self.kexec)}"
 
 
 def write_cell(run_dir: Path, cell: CellResult) -> Path:
@@ -206,10 +232,10 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
                           "\n".join(e.get("message", "") if isinstance(e, dict) else str(e)
                                     for e in p.get("errors", []))))
         for i, rt in enumerate(c.kexec, 1):
-            cases.append((f"kexec round trip {i} ({rt.get('method')})",
-                          None if trip_passed(rt) else rt.get("error") or "not verified",
-                          f"nonce {rt.get('nonce')}, boot id {rt.get('boot_id_before')} -> "
-                          f"{rt.get('boot_id_after') or '?'}"))
+            cases.append((f"kexec round trip {i} ({rt.method})",
+                          None if rt.passed() else rt.error or "not verified",
+                          f"nonce {rt.nonce}, boot id {rt.boot_id_before} -> "
+                          f"{rt.boot_id_after or '?'}"))
         bad = [f for f in c.failures if not f.known]
         cases.append(("no kernel failures",
                       "; ".join(f"{f.kind}: {f.title}{f.failure.times()}" for f in bad) or None,

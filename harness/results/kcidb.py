@@ -26,7 +26,7 @@ from typing import Any
 from harness.arches import ARCHES
 from harness.errors import InfraError, UserError
 from harness.files import write_json
-from harness.results.cell import CellResult, Verdict
+from harness.results.cell import CellResult, RoundTrip, Verdict
 from harness.results.rundir import read_cell, read_summary
 
 ORIGIN = "cpa_harness"
@@ -329,20 +329,21 @@ class _Tests:
                                        "splits", "notes") if k in p}
         return t
 
-    def kexec(self, n: int, rt: dict[str, Any]) -> dict[str, Any]:
-        if not rt.get("verified"):
+    def kexec(self, n: int, rt: RoundTrip) -> dict[str, Any]:
+        if not rt.verified:
             status = "FAIL"     # the new kernel never proved it arrived
         else:
-            status = {"pass": "PASS", "fail": "FAIL"}.get(str(rt.get("selftest")), "ERROR")
+            status = {"pass": "PASS", "fail": "FAIL"}.get(rt.selftest, "ERROR")
         t = self.new(f"kexec.{n}", status)
-        _put(t, "comment", _text(f"{rt.get('method', '?')} round trip"))
-        _put(t, "log_excerpt", _excerpt([rt["error"]] if rt.get("error") else []))
-        _put(t, "duration", rt.get("seconds_to_ready"))
+        _put(t, "comment", _text(f"{rt.method} round trip"))
+        _put(t, "log_excerpt", _excerpt([rt.error] if rt.error else []))
+        _put(t, "duration", rt.seconds_to_ready)
+        trip = rt.to_json()
         keys = ("method", "nonce", "boot_id_before", "boot_id_after", "cmdline_after",
                 "verified", "boot", "selftest")
-        misc: dict[str, Any] = {k: rt[k] for k in keys if k in rt}
-        snaps = rt.get("stats")
-        if isinstance(snaps, dict):
+        misc: dict[str, Any] = {k: trip[k] for k in keys}
+        snaps = rt.stats
+        if snaps:
             _put(misc, "direct_map", {label: _direct_map(s) for label, s in snaps.items()})
         t["misc"] = misc
         return t

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.results.cell import CellFailure, CellResult, Verdict
+from harness.results.cell import CellFailure, CellResult, RoundTrip, Verdict
 
 # What run.py names cell directories by: the matrix's cell names (matrix.NAME_RE).
 CELL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -88,6 +88,7 @@ def cell_from_json(data: Any, path: Path) -> CellResult:
     try:
         kw["verdict"] = Verdict(data.get("verdict", Verdict.NOT_RUN.value))
         kw["failures"] = [CellFailure.from_json(f) for f in data.get("failures") or []]
+        kw["kexec"] = [RoundTrip.from_json(rt) for rt in data.get("kexec") or []]
         return CellResult(**kw)
     except (ValueError, TypeError, AttributeError) as e:
         raise UserError(f"{path} is not a cell result: {e}") from None

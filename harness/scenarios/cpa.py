@@ -24,7 +24,7 @@ from harness.errors import HarnessError, InfraError, UserError
 from harness.files import write_json
 from harness.kernel import facts
 from harness.probes import flush, runtime, stats
-from harness.results.cell import CellFailure, CellResult, Verdict
+from harness.results.cell import CellFailure, CellResult, RoundTrip, Verdict
 from harness.scenarios import kexec
 from harness.scenarios.context import SELFTEST_PERIOD, CellContext, new_result
 from harness.scenarios.judge import Outcome, judge, read_console
@@ -77,7 +77,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
     start = time.monotonic()
     res.deadline = cell.deadline or cell_budget(t, cell.periods, len(cell.kexec_trips()))
     con.cell_deadline = start + res.deadline
-    trips: list[kexec.RoundTrip] = []
+    trips: list[RoundTrip] = []
     ended: dict[str, Any] = {}      # how the machine stopped, when it stopped early
     try:
         target.start()
@@ -119,7 +119,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
                           for k, v in (after.meminfo or {}).items()}
         res.vmstat = after.vmstat or {}
         for n, method in enumerate(cell.kexec_trips()):
-            trips.append(kexec.RoundTrip(method=method, nonce=new_nonce(),
+            trips.append(RoundTrip(method=method, nonce=new_nonce(),
                                          boot_id_before=sh.boot_id))
             round_trip(trips[-1], cell, ctx, target, t, n)
         sh.close_ssh()
@@ -134,7 +134,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         if steps.verdict == Verdict.INFRA_ERROR or ended:
             res.serial_tail = con.tail()
     finally:
-        res.kexec = [rt.to_json() for rt in trips]
+        res.kexec = trips
         analysis = target.finish()
         res.target = {**target.describe(), **({"ended": ended} if ended else {})}
         res.durations["total"] = time.monotonic() - start
@@ -243,7 +243,7 @@ def close_window(prof: flush.Profiler | None, info: dict[str, Any], label: str,
         info["unavailable"] = f"window {label}: {e}"
 
 
-def round_trip(rt: kexec.RoundTrip, cell: Cell, ctx: CellContext, target: Target,
+def round_trip(rt: RoundTrip, cell: Cell, ctx: CellContext, target: Target,
                t: Timeouts, n: int) -> None:
     """kexec into the target kernel, prove it runs, and run the CPA scenario in it.
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import re
 import shlex
 import struct
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from harness.arches import Arch
 from harness.errors import UserError
@@ -40,24 +38,6 @@ _HDRS_OFFSET = 0x202
 _VERSION_OFFSET = 0x206
 _XLOADFLAGS_OFFSET = 0x236
 _XLF_KERNEL_64 = 1 << 0
-
-
-@dataclass
-class RoundTrip:
-    method: str
-    nonce: str
-    boot_id_before: str
-    boot_id_after: str = ""
-    cmdline_after: str = ""
-    verified: bool = False
-    seconds_to_ready: float | None = None
-    boot: int | None = None          # the new kernel's boot in the console analysis
-    selftest: str = ""               # the new kernel's first CPA self-test result
-    error: str = ""
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def next_cmdline(current: str, nonce: str) -> str:

@@ -1,4 +1,4 @@
-"""One failure type from the console analysis to the result files and back."""
+"""A cell result's typed parts (failures, kexec round trips) to the files and back."""
 
 from __future__ import annotations
 
@@ -51,3 +51,12 @@ def test_the_harness_account_has_no_console_line() -> None:
     assert (j["kind"], j["line"], j["boot"], j["report"]) == (
         "hang", 0, 1, ["[   31.2] CPA self-test:"])
     assert CellFailure.from_json(j) == f
+
+
+def test_typed_parts_read_back_as_written(tmp_path: Path) -> None:
+    path = DATA / "runs" / "sample" / "cells" / "x86_64-gbpages" / "result.json"
+    res = cell_from_json(json.loads(path.read_text()), path)
+    assert len(res.kexec) == 2 and all(rt.passed() for rt in res.kexec)
+    again = write_cell(tmp_path, res)
+    back = cell_from_json(json.loads(again.read_text()), again)
+    assert back.kexec == res.kexec and back.failures == res.failures
