@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -70,10 +72,24 @@ def test_ssh_to_a_run_with_no_guest_up(tmp_path: Path,
     guest.parent.mkdir(parents=True)
     # a guest that has gone: its QEMU pid is no longer running
     guest.write_text('{"port": 2222, "key": "k", "host_key": "ssh-ed25519 AAAA", '
-                     '"qemu_pid": 999999999}')
+                     '"kind": "qemu", "qemu_pid": 999999999}')
     code, err = run(["ssh", str(tmp_path)], capsys)
     assert code == 2 and f"no guest of {tmp_path} is running" in err
     assert len(err.strip().splitlines()) == 1
+    # a machine its run has released, even if something still runs under that pid
+    guest.write_text(json.dumps({"port": 2222, "key": "k", "host_key": "ssh-ed25519 AAAA",
+                                 "kind": "qemu", "qemu_pid": os.getpid(), "released": True}))
+    code, err = run(["ssh", str(tmp_path)], capsys)
+    assert code == 2 and f"no guest of {tmp_path} is running" in err
+
+
+def test_which_machines_may_still_be_up() -> None:
+    from harness.target.kinds import may_be_up
+    assert may_be_up({"kind": "qemu", "qemu_pid": os.getpid()})
+    assert not may_be_up({"kind": "qemu", "qemu_pid": 999999999})
+    assert not may_be_up({"kind": "qemu", "qemu_pid": None})
+    # a machine the harness did not start: only connecting can tell
+    assert may_be_up({"kind": "a-lab-box"})
 
 
 def test_out_dir_not_creatable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -59,6 +59,8 @@ def test_ssh_session(tmp_path: Path) -> None:
     stats = r2["stats"]
     assert isinstance(stats, dict) and {"boot", "end", "delta"} <= set(stats)
     # the guest is gone: the second terminal is told so
+    [cell] = (out / "cells").iterdir()
+    assert json.loads((cell / "guest.json").read_text())["released"] is True
     gone = second_terminal(out, "true")
     assert gone.returncode == 2 and "is running" in gone.stderr
 

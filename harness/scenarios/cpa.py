@@ -13,12 +13,13 @@ returns what it saw; run() puts the result together and judge() decides.
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from typing import Any
 
 from harness.cells import Cell
-from harness.console import Boot, Failure
+from harness.console import Analysis, Boot, Failure
 from harness.console.known import match as match_known
 from harness.errors import HarnessError, InfraError, UserError
 from harness.files import write_json
@@ -52,15 +53,29 @@ class RuntimeMismatch(UserError):
     """What runs is not what the cell asked for."""
 
 
+# How to reach a cell's machine while it is up, for `cpa-harness ssh`.
+GUEST_FILE = "guest.json"
+
+
 def first_look(cell: Cell, ctx: CellContext, target: Target) -> tuple[runtime.GuestView,
                                                                          stats.Snapshot]:
     """Right after the ready marker: what the machine runs, and its statistics
     before the first self-test pass (30 s after boot)."""
     if target.shell.access:
-        write_json(ctx.cell_dir / "guest.json", {**target.shell.describe(),
-                                                 **target.describe()})
+        write_json(ctx.cell_dir / GUEST_FILE, {**target.shell.describe(),
+                                               **target.describe()})
     view = runtime.read_view(target.shell.run, ctx.build.config_text())
     return view, stats.collect(target.shell.run, "boot", cell.arch)
+
+
+def finish(target: Target, ctx: CellContext) -> Analysis:
+    """Give the machine back, and say so to anyone who would ssh into it."""
+    try:
+        return target.finish()
+    finally:
+        path = ctx.cell_dir / GUEST_FILE
+        if path.exists():
+            write_json(path, {**json.loads(path.read_text()), "released": True})
 
 
 def run(cell: Cell, ctx: CellContext) -> CellResult:
@@ -135,7 +150,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
             res.serial_tail = con.tail()
     finally:
         res.kexec = trips
-        analysis = target.finish()
+        analysis = finish(target, ctx)
         res.target = {**target.describe(), **({"ended": ended} if ended else {})}
         res.durations["total"] = time.monotonic() - start
         res.notes = con.notes

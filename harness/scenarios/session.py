@@ -31,8 +31,8 @@ from harness.scenarios.context import CellContext, new_result
 from harness.scenarios.judge import Outcome, judge, read_console
 from harness.target.base import Target
 from harness.target.errors import FailureSeen, GuestExited, GuestHang
+from harness.target.kinds import may_be_up
 from harness.target.ssh import GuestSsh
-from harness.target.vm import pid_running
 
 ESCAPE = "\x1d"     # Ctrl-]: leaves the serial console, as in telnet
 
@@ -140,7 +140,7 @@ def run(cell: Cell, ctx: CellContext, run_dir: Path, mode: str, out: TextIO) -> 
         steps = Outcome(Verdict.USER_ERROR if e.exit_code == 2 else Verdict.INFRA_ERROR,
                         e.line())
     finally:
-        analysis = target.finish()
+        analysis = cpa.finish(target, ctx)
         res.target = target.describe()
         res.durations["total"] = time.monotonic() - start
     read_console(analysis, ctx.known, cell.arch).fill(res)
@@ -167,13 +167,13 @@ def ssh_into_run(run_dir: Path, cell: str | None, command: list[str], out: TextI
         raise UserError(f"{run_dir} is not a cpa-harness run directory",
                         "give the results directory a run printed")
     up = []
-    for f in sorted((run_dir / "cells").glob("*/guest.json")):
+    for f in sorted((run_dir / "cells").glob(f"*/{cpa.GUEST_FILE}")):
         try:
             doc = json.loads(f.read_text())
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {f}: {e}") from None
-        pid = doc.get("qemu_pid")
-        if isinstance(pid, int) and pid > 0 and pid_running(pid) and doc.get("port"):
+        if isinstance(doc, dict) and doc.get("port") and not doc.get("released") \
+                and may_be_up(doc):
             up.append((f.parent.name, doc))
     if cell is not None:
         up = [(n, d) for n, d in up if n == cell]
@@ -185,9 +185,17 @@ def ssh_into_run(run_dir: Path, cell: str | None, command: list[str], out: TextI
                         f"choose one with --cell: {', '.join(n for n, _ in up)}")
     name, doc = up[0]
     ssh = GuestSsh()
-    ssh.connect(port=int(doc["port"]), key_path=Path(doc["key"]), host_key_line=doc["host_key"],
+    ssh.connect(host=str(doc.get("host") or "127.0.0.1"), port=int(doc["port"]),
+                key_path=Path(doc["key"]), host_key_line=doc["host_key"],
                 deadline=time.monotonic() + 30)
     with ssh:
+        # The host key names the machine, the boot id the kernel: a machine that
+        # rebooted since (a lab box outlives the run) is no longer that guest.
+        now = ssh.run("cat /proc/sys/kernel/random/boot_id", 30).stdout.strip()
+        if doc.get("boot_id") and now != doc["boot_id"]:
+            raise UserError(f"{name}'s machine has booted again since the run (boot id "
+                            f"{doc['boot_id']}, now {now or '?'}): it is not that guest",
+                            "start one with 'cpa-harness boot --interactive' (or --ssh)")
         words = command     # argparse took away the '--' before it
         if words:
             c = ssh.run(" ".join(shlex.quote(w) for w in words), 3600)

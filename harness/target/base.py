@@ -87,6 +87,12 @@ class Target(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """The target's own part of a result: what only this kind of machine has."""
 
+    @classmethod
+    def may_be_up(cls, described: dict[str, Any]) -> bool:
+        """From what describe() said while it ran: whether this machine can still
+        be up. Only connecting (and its boot id) can tell for most kinds."""
+        return True
+
     def finish(self) -> Analysis:
         """The machine is done with: release it and complete the console's analysis."""
         self.shell.close_ssh()

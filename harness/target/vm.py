@@ -151,6 +151,11 @@ class QemuTarget(Target):
         return {"kind": self.kind, "command": show_command(self.params),
                 "qemu_pid": self.child.pid if self.child is not None else None}
 
+    @classmethod
+    def may_be_up(cls, described: dict[str, Any]) -> bool:
+        pid = described.get("qemu_pid")
+        return isinstance(pid, int) and pid > 0 and pid_running(pid)
+
 
 @dataclass
 class QemuTargets(Targets):
