@@ -374,3 +374,59 @@ def test_dropped_messages_that_took_the_end_marker() -> None:
                             + ts("random: crng init done", at=30.0))
     assert [f.title for f in found] == ["WARNING in ext4_xattr_inode_update_ref"]
     assert analysis.verdict == "fail" and len(analysis.notes) == 1
+
+
+# A trace that cannot be trusted names no frame: "(corrupted report)" instead.
+# The real hung-task excerpt: its trace is __schedule, schedule,
+# schedule_preempt_disabled, __mutex_lock (all generic), then frob_worker.
+HUNG = (KINDS / "hung_task.log").read_text().splitlines(keepends=True)
+FROB_AT = next(n for n, line in enumerate(HUNG) if "frob_worker" in line)
+
+
+@pytest.mark.parametrize("cut", range(5, len(HUNG) + 1))
+def test_a_trace_cut_short_names_a_frame_only_once_a_specific_one_was_seen(cut: int) -> None:
+    analysis, found = parse("".join(HUNG[:cut]))
+    frames = sum(1 for line in HUNG[:cut] if TRACE_FRAME.match(line.split("] ", 1)[1]))
+    if frames == 0:
+        expected = "INFO: task hung"        # nothing to name, nothing invented
+    elif cut <= FROB_AT:
+        expected = "INFO: task hung (corrupted report)"     # only generic frames so far
+    else:
+        expected = "INFO: task hung in frob_worker"
+    assert [(f.title, f.count) for f in found] == [(expected, 1)]
+    assert analysis.verdict == "fail"
+
+
+@pytest.mark.parametrize("at", range(1, len(HUNG)))
+def test_records_lost_before_the_guilty_frame_leave_it_unnamed(at: int) -> None:
+    lines = [*HUNG[:at], "** 3 printk messages dropped **\n", *HUNG[at:]]
+    analysis, found = parse("".join(lines))
+    in_trace = 5 <= at <= len(HUNG) - 2         # after `Call Trace:`, before `</TASK>`
+    lost_ahead = in_trace and at <= FROB_AT     # frob_worker (or a frame before it) lost
+    assert [f.title for f in found] == [
+        "INFO: task hung (corrupted report)" if lost_ahead else "INFO: task hung in frob_worker"]
+    assert analysis.verdict == "fail"
+
+
+def cut_at_trace(log: str, frames: int) -> tuple[str, str]:
+    """The title of `log` whole, and cut `frames` frames into its call trace."""
+    text = (KINDS / log).read_text().splitlines(keepends=True)
+    trace = next(n for n, line in enumerate(text) if "Call Trace:" in line)
+    [whole] = parse("".join(text))[1]
+    [cut] = parse("".join(text[:trace + 2 + frames]))[1]     # `Call Trace:`, `<TASK>`
+    return whole.title, cut.title
+
+
+def test_a_cut_crash_keeps_a_specific_rip_function() -> None:
+    # The RIP line names where the CPU was: a trace cut after it changes nothing.
+    assert cut_at_trace("soft_lockup.log", 1) == ("BUG: soft lockup in spin_forever",) * 2
+
+
+@pytest.mark.parametrize("frames", range(0, 6))
+def test_a_cut_crash_in_a_string_helper_waits_for_its_caller(frames: int) -> None:
+    whole, cut = cut_at_trace("soft_lockup-memcpy.log", frames)
+    assert whole == "BUG: soft lockup in frob_fill_ring"
+    text = (KINDS / "soft_lockup-memcpy.log").read_text()
+    seen = text[text.index("Call Trace:"):].splitlines()[2:2 + frames]
+    assert cut == (whole if any("frob_fill_ring" in line for line in seen)
+                   else "BUG: soft lockup (corrupted report)")

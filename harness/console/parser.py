@@ -182,6 +182,8 @@ class ConsoleParser:
         if line.marker == "dropped":
             dropped, times, first = self._dropped
             self._dropped = (dropped + line.dropped, times + 1, first or line.number)
+            if self._reports is not None:
+                self._reports.lost()
         elif self._reports is not None:
             self._reports.replay()
 

@@ -58,6 +58,8 @@ MAX_REPORT_LINES = 300
 # A report that grows this long without ending is closed.
 MAX_REPORT_TOTAL = 5000
 MAX_FRAMES = 128
+# Completions that can come in the middle of a call trace and cut it short.
+CUT_SHORT = frozenset({"end-of-log", "boot-end", "line-limit"})
 # Failures per boot kept with their whole report; later ones keep their header.
 MAX_FULL_FAILURES = 200
 # A failure reported again and again keeps the lines of this many repeats (all are counted).
@@ -167,6 +169,8 @@ class OpenReport:
         self.warning_at: int | None = None
         self.pid: str | None = None
         self.mixed = False
+        # How many frames the trace had when the console lost records inside it.
+        self.lost_after: int | None = None
         if spec.name == "warning":
             self._warning(match)
         self._add(line)
@@ -266,8 +270,10 @@ class OpenReport:
         late: list[str] = []
         if self.warning_at is not None:
             late = self.lines[self.warning_at + 1:self.warning_at + 1 + LATE_MESSAGE_LINES]
+        cut = reason in CUT_SHORT and self.phase != AFTER
         facts = ReportFacts(self.headers, self.message, self.lines, self.frames, self.rip,
-                            late_message=late, mixed=self.mixed)
+                            late_message=late, mixed=self.mixed, cut=cut,
+                            lost_after=self.lost_after)
         kind, title = kind_and_title(facts)
         report = tuple(self.lines) if keep_report else tuple(self.lines[:1])
         return Failure(
@@ -445,6 +451,13 @@ class ReportAssembler:
         if reason is not None:
             done.append(self._close(rep, reason))
         return done
+
+    def lost(self) -> None:
+        """The console printed `** N printk messages dropped **`: every report open
+        in its call trace may have lost frames."""
+        for rep in self._open.values():
+            if rep.phase == TRACE and rep.lost_after is None:
+                rep.lost_after = len(rep.frames)
 
     def close_all(self, reason: str) -> list[Failure]:
         closed = [self._close(rep, reason) for rep in list(self._open.values())]

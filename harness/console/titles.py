@@ -87,7 +87,16 @@ def pick_function(candidates: Iterable[str | None],
     return first
 
 
+# The function slot of a title whose trace cannot be trusted: cut short with
+# only generic frames seen, records lost inside it (`** N printk messages
+# dropped **`), or another report's lines mixed in. Any frame named then would
+# be a random one, and a dashboard would group unrelated bugs under it.
+CORRUPTED = "(corrupted report)"
+
+
 def in_title(base: str, function: str | None) -> str:
+    if function == CORRUPTED:
+        return f"{base} {CORRUPTED}"
     return f"{base} in {function}" if function else base
 
 
@@ -241,6 +250,8 @@ class ReportFacts:
         rip: Frame | None,
         late_message: Sequence[str] = (),
         mixed: bool = False,
+        cut: bool = False,
+        lost_after: int | None = None,
     ) -> None:
         self.headers = headers
         self.names = [name for name, _ in headers]
@@ -253,6 +264,11 @@ class ReportFacts:
         # A `CPU: ... PID:` line of another task came in: the RIP and frames may
         # be another report's, so a WARNING's title takes nothing from them.
         self.mixed = mixed
+        # The log, the boot or the size limit ended the report inside its trace.
+        self.cut = cut
+        # The console lost records inside the call trace, after this many frames:
+        # the frame that should name the report may be among them.
+        self.lost_after = lost_after
 
     def header(self, name: str) -> re.Match[str] | None:
         for hname, m in self.headers:
@@ -273,12 +289,37 @@ class ReportFacts:
         return self.rip.function if self.rip else None
 
 
+def _from_trace(r: ReportFacts, picked: str | None, *elsewhere: str | None) -> str | None:
+    """`picked`, unless the trace it came from cannot be trusted (CORRUPTED
+    then): a generic fallback from a trace cut short, lossy or mixed, or a
+    frame seen after records were lost. A specific function from `elsewhere`
+    (the header, the RIP line) stands, as does one seen before a cut."""
+    if picked is None:
+        return None
+    if is_generic(picked):
+        # Nothing specific was seen: it may have been in what is missing.
+        return CORRUPTED if r.cut or r.mixed or r.lost_after is not None else picked
+    if picked in {normalize_function(e) for e in elsewhere if e}:
+        return picked
+    if r.mixed:
+        return CORRUPTED
+    if r.lost_after is not None:
+        at = next((n for n, f in enumerate(r.frames)
+                   if normalize_function(f.function) == picked), len(r.frames))
+        if at >= r.lost_after:
+            return CORRUPTED
+    return picked
+
+
 def _crash_function(r: ReportFacts) -> str | None:
-    return pick_function([r.rip_function(), *r.reliable(), *r.unreliable()])
+    rip = r.rip_function()
+    return _from_trace(r, pick_function([rip, *r.reliable(), *r.unreliable()]), rip)
 
 
 def _trace_function(r: ReportFacts, first: str | None = None) -> str | None:
-    return pick_function([first, *r.reliable(), r.rip_function(), *r.unreliable()])
+    rip = r.rip_function()
+    return _from_trace(r, pick_function([first, *r.reliable(), rip, *r.unreliable()]),
+                       first, rip)
 
 
 def warning_where(m: re.Match[str]) -> tuple[str | None, str | None]:
@@ -341,7 +382,8 @@ def _guilty(r: ReportFacts, helpers: re.Pattern[str]) -> str | None:
     """The caller a facility's WARN blames: the first frame that is not a helper."""
     if r.mixed:
         return None
-    return pick_function([*r.reliable(), r.rip_function(), *r.unreliable()], helpers)
+    rip = r.rip_function()
+    return _from_trace(r, pick_function([*r.reliable(), rip, *r.unreliable()], helpers), rip)
 
 
 def _oops(r: ReportFacts) -> tuple[str, str]:
@@ -429,8 +471,9 @@ def kind_and_title(r: ReportFacts) -> tuple[str, str]:
     if first == "hard_lockup":
         return "hard_lockup", in_title("BUG: hard lockup", _crash_function(r))
     if first == "rcu_stall":
-        func = pick_function([*r.reliable(task_only=True), r.rip_function(), *r.reliable(),
-                              *r.unreliable()])
+        rip = r.rip_function()
+        func = _from_trace(r, pick_function([*r.reliable(task_only=True), rip, *r.reliable(),
+                                             *r.unreliable()]), rip)
         return "rcu_stall", in_title("INFO: rcu detected stall", func)
     if first == "hung_task":
         return "hung_task", in_title("INFO: task hung", _trace_function(r))
