@@ -49,6 +49,34 @@ def test_a_first_pass_and_a_silent_period_pass(tmp_path: Path) -> None:
     assert res.target == {"kind": "fake"}
     machine = targets.made[0].machine
     assert "cat /proc/cmdline" in machine.commands and machine.ssh_commands > 5
+    # the silent pass of the watched period, proven by cpa_stats
+    [period] = res.periods
+    assert period.ran and period.moved["cpa_stats.4k_set_checked"] > 0
+    assert res.passes_proven() == 2 and res.selftest_summary() == "pass +1 silent"
+
+
+def test_a_stuck_self_test_fails_after_one_period_more(tmp_path: Path) -> None:
+    res, _ = run_cell(tmp_path, Script(stuck=True))
+    assert (res.verdict, res.reason) == (Verdict.FAIL, "cpa_selftest: CPA self-test ran no pass")
+    [period] = res.periods
+    assert period.ran is False and period.moved["cpa_stats.4k_set_checked"] == 0
+    # watched twice as long as a period before it was called stuck
+    assert [s["label"] for s in res.stats["snapshots"]][-2:] == ["period-2", "period-2-longer"]
+    assert period.seconds >= 2 * (cpa.SELFTEST_PERIOD + cpa.PERIOD_SLACK)
+    [f] = res.failures
+    assert f.failure.report[0].startswith("period-2: cpa_stats.4k_set_checked +0")
+    assert res.passes_proven() == 1 and res.selftest_summary() == "pass stuck"
+
+
+def test_a_pass_late_under_load_is_not_taken_for_none(tmp_path: Path) -> None:
+    # The next pass comes only after the period (the kernel slowed down): the
+    # longer watch sees it, and the cell passes.
+    period = cpa.SELFTEST_PERIOD + cpa.PERIOD_SLACK
+    res, _ = run_cell(tmp_path, Script(pass_every=period * 2.2))
+    assert (res.verdict, res.reason) == (Verdict.PASS, "")
+    [p] = res.periods
+    assert p.ran and p.seconds > 2 * period
+    assert [s["label"] for s in res.stats["snapshots"]][-2:] == ["period-2", "period-2-longer"]
 
 
 def test_not_passed_in_a_later_period_fails(tmp_path: Path) -> None:

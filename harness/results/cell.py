@@ -16,6 +16,7 @@ from xml.etree import ElementTree as ET
 
 from harness.console.model import Failure
 from harness.files import atomic, write_json
+from harness.probes.passes import PeriodProof
 
 
 class Verdict(enum.StrEnum):
@@ -134,6 +135,8 @@ class CellResult:
     debug_pagealloc: bool | None = None
     cpa_selftest: list[dict[str, Any]] = field(default_factory=list)
     periods_watched: int = 0
+    # What each watched period's counters show of the silent passes in it
+    periods: list[PeriodProof] = field(default_factory=list)
     direct_map: dict[str, int] = field(default_factory=dict)
     vmstat: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)     # snapshots and their delta
@@ -165,7 +168,25 @@ class CellResult:
         d = asdict(self)
         d["verdict"] = self.verdict.value
         d["failures"] = [f.to_json() for f in self.failures]
+        d["periods"] = [p.to_json() for p in self.periods]
+        d["passes_proven"] = self.passes_proven()
         return d
+
+    def passes_proven(self) -> int:
+        """The self-test passes the verdict rests on: those printed that passed, and
+        the silent ones the watched periods' counters prove."""
+        printed = sum(1 for p in self.cpa_selftest if p.get("result") == "pass")
+        return printed + sum(1 for p in self.periods if p.ran)
+
+    def selftest_summary(self) -> str:
+        """'pass +2 silent': the printed passes' results, and the proven silent ones;
+        '?' for a period that nothing could prove."""
+        shown = ",".join(p.get("result", "?") for p in self.cpa_selftest) or "-"
+        proven = sum(1 for p in self.periods if p.ran)
+        unproven = sum(1 for p in self.periods if p.ran is None)
+        stuck = sum(1 for p in self.periods if p.ran is False)
+        return shown + (f" +{proven} silent" if proven else "") + \
+            (f" +{unproven}?" if unproven else "") + (" stuck" if stuck else "")
 
     def splits_summary(self) -> str:
         """The first pass's last split line: what the self-test left behind."""
@@ -231,6 +252,11 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
                           None if p.get("result") == "pass" else f"result {p.get('result')}",
                           "\n".join(e.get("message", "") if isinstance(e, dict) else str(e)
                                     for e in p.get("errors", []))))
+        for p in c.periods:
+            # a period nothing could prove is not a failure: the table says "?"
+            cases.append((f"cpa_selftest silent pass {p.label}",
+                          "no pass ran: " + p.describe() if p.ran is False else None,
+                          p.describe()))
         for i, rt in enumerate(c.kexec, 1):
             cases.append((f"kexec round trip {i} ({rt.method})",
                           None if rt.passed() else rt.error or "not verified",
@@ -268,7 +294,6 @@ def print_table(cells: list[CellResult], out: TextIO) -> None:
     rows = [("cell", "verdict", "accel", "self-test", "splits (last line)", "direct map mapped",
              "flushes (first pass)", "kexec", "time", "reason")]
     for c in cells:
-        passes = [p.get("result", "?") for p in c.cpa_selftest]
         # What is really mapped (the page-table dump) when the kernel has it;
         # meminfo's DirectMap counters can overcount (6.12 x86_64, GB pages).
         dump = (c.stats.get("after_selftest") or {}).get("ptdump") or {}
@@ -276,7 +301,7 @@ def print_table(cells: list[CellResult], out: TextIO) -> None:
                   if k.startswith("DirectMap")} or c.direct_map
         dm = " ".join(f"{k}:{v // 1024}M" for k, v in mapped.items() if v)
         rows.append((c.name, c.verdict.value.upper(), c.accel or "-",
-                     ",".join(passes) or "-", c.splits_summary(), dm or "-",
+                     c.selftest_summary(), c.splits_summary(), dm or "-",
                      c.flush_summary(), c.kexec_summary(),
                      f"{c.durations.get('total', 0):.0f}s", c.reason))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

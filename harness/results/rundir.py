@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.probes.passes import PeriodProof
 from harness.results.cell import CellFailure, CellResult, RoundTrip, Verdict
 
 # What run.py names cell directories by: the matrix's cell names (matrix.NAME_RE).
@@ -89,6 +90,7 @@ def cell_from_json(data: Any, path: Path) -> CellResult:
         kw["verdict"] = Verdict(data.get("verdict", Verdict.NOT_RUN.value))
         kw["failures"] = [CellFailure.from_json(f) for f in data.get("failures") or []]
         kw["kexec"] = [RoundTrip.from_json(rt) for rt in data.get("kexec") or []]
+        kw["periods"] = [PeriodProof.from_json(p) for p in data.get("periods") or []]
         return CellResult(**kw)
     except (ValueError, TypeError, AttributeError) as e:
         raise UserError(f"{path} is not a cell result: {e}") from None
@@ -96,7 +98,7 @@ def cell_from_json(data: Any, path: Path) -> CellResult:
 
 def _check_shapes(kw: dict[str, Any], path: Path) -> None:
     """The containers the conversion walks, so a damaged file is a UserError, not a crash."""
-    for key in ("cpa_selftest", "kexec", "boots", "failures"):
+    for key in ("cpa_selftest", "kexec", "boots", "failures", "periods"):
         items = kw.get(key, [])
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise UserError(f"{path} is not a cell result: {key} is not a list of objects")

@@ -24,7 +24,7 @@ from harness.console.known import match as match_known
 from harness.errors import HarnessError, InfraError, UserError
 from harness.files import write_json
 from harness.kernel import facts
-from harness.probes import flush, runtime, stats
+from harness.probes import flush, passes, runtime, stats
 from harness.results.cell import CellFailure, CellResult, RoundTrip, Verdict
 from harness.scenarios import kexec
 from harness.scenarios.context import SELFTEST_PERIOD, CellContext, new_result
@@ -117,10 +117,21 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         if workload:
             res.workload = {"command": cell.workload, "pid": workload}
         for n in range(cell.periods):
+            label = f"period-{n + 2}"
+            begun = time.monotonic()
             watch_period(target, t)
             res.periods_watched += 1
-            close_window(prof, res.flush, f"period-{n + 2}", again=n + 1 < cell.periods)
-            snaps.append(stats.collect(sh.run, f"period-{n + 2}", cell.arch))
+            groups = close_window(prof, res.flush, label, again=n + 1 < cell.periods)
+            snaps.append(stats.collect(sh.run, label, cell.arch))
+            proof = passes.prove(label, snaps[-2], snaps[-1], time.monotonic() - begun, groups)
+            if proof.ran is False:
+                proof = watch_longer(target, t, cell, snaps, proof)
+            res.periods.append(proof)
+            if proof.ran is False:
+                res.failures.append(CellFailure.seen_by_harness(
+                    "cpa_selftest", "CPA self-test ran no pass", con.boot_index(),
+                    [f"{proof.label}: {proof.describe()}: the self-test thread is stuck"]))
+                break
         if prof:
             prof.teardown()
         if workload:
@@ -246,16 +257,31 @@ def profiler(target: Target, accel: str, arch: str) -> tuple[flush.Profiler | No
 
 
 def close_window(prof: flush.Profiler | None, info: dict[str, Any], label: str,
-                 again: bool) -> None:
-    """End one counting window (a self-test period) into `info` and start the next."""
+                 again: bool) -> dict[str, int] | None:
+    """End one counting window (a self-test period) into `info` and start the
+    next; the window's calls per group, when it was counted."""
     if prof is None:
-        return
+        return None
     try:
-        info["windows"].append(prof.stop(label).to_json())
+        window = prof.stop(label).to_json()
+        info["windows"].append(window)
         if again:
             prof.start()
     except flush.Unavailable as e:
         info["unavailable"] = f"window {label}: {e}"
+        return None
+    return window.get("groups")
+
+
+def watch_longer(target: Target, t: Timeouts, cell: Cell, snaps: list[stats.Snapshot],
+                 quiet: passes.PeriodProof) -> passes.PeriodProof:
+    """A period in which no counter moved: one period more before calling the
+    self-test stuck, so that a pass late under load is not taken for none."""
+    begun = time.monotonic()
+    watch_period(target, t)
+    snaps.append(stats.collect(target.shell.run, f"{quiet.label}-longer", cell.arch))
+    return passes.prove(quiet.label, snaps[-3], snaps[-1],
+                        quiet.seconds + time.monotonic() - begun)
 
 
 def round_trip(rt: RoundTrip, cell: Cell, ctx: CellContext, target: Target,
