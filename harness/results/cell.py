@@ -252,11 +252,11 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
                           None if p.get("result") == "pass" else f"result {p.get('result')}",
                           "\n".join(e.get("message", "") if isinstance(e, dict) else str(e)
                                     for e in p.get("errors", []))))
-        for p in c.periods:
+        for period in c.periods:
             # a period nothing could prove is not a failure: the table says "?"
-            cases.append((f"cpa_selftest silent pass {p.label}",
-                          "no pass ran: " + p.describe() if p.ran is False else None,
-                          p.describe()))
+            cases.append((f"cpa_selftest silent pass {period.label}",
+                          "no pass ran: " + period.describe() if period.ran is False else None,
+                          period.describe()))
         for i, rt in enumerate(c.kexec, 1):
             cases.append((f"kexec round trip {i} ({rt.method})",
                           None if rt.passed() else rt.error or "not verified",

@@ -116,16 +116,18 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         workload = start_workload(target, cell)
         if workload:
             res.workload = {"command": cell.workload, "pid": workload}
+        pagealloc = bool(booted and booted[-1].debug_pagealloc)
         for n in range(cell.periods):
             label = f"period-{n + 2}"
             begun = time.monotonic()
             watch_period(target, t)
             res.periods_watched += 1
-            groups = close_window(prof, res.flush, label, again=n + 1 < cell.periods)
+            calls = close_window(prof, res.flush, label, again=n + 1 < cell.periods)
             snaps.append(stats.collect(sh.run, label, cell.arch))
-            proof = passes.prove(label, snaps[-2], snaps[-1], time.monotonic() - begun, groups)
+            proof = passes.prove(label, snaps[-2], snaps[-1], time.monotonic() - begun,
+                                 calls, pagealloc)
             if proof.ran is False:
-                proof = watch_longer(target, t, cell, snaps, proof)
+                proof = watch_longer(target, t, cell, snaps, proof, pagealloc)
             res.periods.append(proof)
             if proof.ran is False:
                 res.failures.append(CellFailure.seen_by_harness(
@@ -259,7 +261,7 @@ def profiler(target: Target, accel: str, arch: str) -> tuple[flush.Profiler | No
 def close_window(prof: flush.Profiler | None, info: dict[str, Any], label: str,
                  again: bool) -> dict[str, int] | None:
     """End one counting window (a self-test period) into `info` and start the
-    next; the window's calls per group, when it was counted."""
+    next; the window's calls per function, when it was counted."""
     if prof is None:
         return None
     try:
@@ -270,18 +272,18 @@ def close_window(prof: flush.Profiler | None, info: dict[str, Any], label: str,
     except flush.Unavailable as e:
         info["unavailable"] = f"window {label}: {e}"
         return None
-    return window.get("groups")
+    return window.get("counts")
 
 
 def watch_longer(target: Target, t: Timeouts, cell: Cell, snaps: list[stats.Snapshot],
-                 quiet: passes.PeriodProof) -> passes.PeriodProof:
+                 quiet: passes.PeriodProof, pagealloc: bool) -> passes.PeriodProof:
     """A period in which no counter moved: one period more before calling the
     self-test stuck, so that a pass late under load is not taken for none."""
     begun = time.monotonic()
     watch_period(target, t)
     snaps.append(stats.collect(target.shell.run, f"{quiet.label}-longer", cell.arch))
     return passes.prove(quiet.label, snaps[-3], snaps[-1],
-                        quiet.seconds + time.monotonic() - begun)
+                        quiet.seconds + time.monotonic() - begun, debug_pagealloc=pagealloc)
 
 
 def round_trip(rt: RoundTrip, cell: Cell, ctx: CellContext, target: Target,
