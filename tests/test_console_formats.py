@@ -243,7 +243,7 @@ def test_page_fault_wordings_have_one_title(header: str) -> None:
                      "Oops: 0003 [#1] PREEMPT SMP NOPTI",
                      "RIP: 0010:lkdtm_WRITE_RO+0x1b/0x30",
                      "---[ end trace 0000000000000000 ]---")) == [
-        ("page_fault", "BUG: unable to handle page fault for address in lkdtm_WRITE_RO")]
+        ("page_fault", "BUG: unable to handle kernel paging request in lkdtm_WRITE_RO")]
 
 
 # 8. unregister_netdevice.

@@ -38,7 +38,7 @@ EXPECTED: dict[str, tuple[str, str, int, str | None]] = {
                        "BUG: unable to handle kernel NULL pointer dereference in foo_init", 1,
                        "do_one_initcall"),
     "page_fault.log": ("page_fault",
-                       "BUG: unable to handle page fault for address in lkdtm_WRITE_RO", 1,
+                       "BUG: unable to handle kernel paging request in lkdtm_WRITE_RO", 1,
                        "lkdtm_do_action"),
     "nx.log": ("page_fault", "BUG: kernel tried to execute NX-protected page in lkdtm_data_area",
                3, "execute_location"),

@@ -55,7 +55,7 @@ Call Trace:
  [<ffffffff81234567>] do_one_initcall+0x56/0x2e0
 ---[ end trace 1234567890abcdef ]---""",
                                   ("page_fault",
-                                   "BUG: unable to handle page fault for address in write_ro")),
+                                   "BUG: unable to handle kernel paging request in write_ro")),
     "NULL pointer i386 2.6": ("""\
 BUG: unable to handle kernel NULL pointer dereference at 00000000
 IP: [<c1234567>] null_init+0x5/0x10

@@ -299,7 +299,7 @@ def test_report_title_from_rip_when_all_frames_unreliable() -> None:
         " [<c1234567>] ? do_one_initcall+0x56/0x2e0",
         "---[ end trace 1234567890abcdef ]---"))
     assert analysis.boots[0].failures[0].title == (
-        "BUG: unable to handle page fault for address in write_ro")
+        "BUG: unable to handle kernel paging request in write_ro")
 
 
 def test_a_report_of_another_caller_keeps_this_callers_cut_here() -> None:

@@ -393,6 +393,13 @@ TRACE_FRAME = re.compile(
     r"(?:kmemleak:)?\s*(?:\[<[0-9a-f]+>\]\s*)?(?P<unreliable>\?\s+)?(?:\[<[0-9a-f]+>\]\s*)?"
     r"(?P<func>[A-Za-z_.$][\w.$]*)\+(?P<offset>0x[0-9a-f]+)/(?P<size>0x[0-9a-f]+)"
     r"(?:\s+\[(?P<module>[\w-]+)(?:\s+[0-9a-f]+)?\])?(?:\s+\((?P<mark>[A-Z]{1,4})\))?"
+    # symbolized (syzbot, decode_stacktrace.sh): the source line after the frame
+    r"(?:\s+\(?(?P<file>[\w./+-]+\.[chS]):(?P<line>\d+)\)?)?"
+)
+# A function the compiler inlined into the next frame, as symbolizers print it
+# (syzbot's reports, addr2line -i): ` context_switch kernel/sched/core.c:5408 [inline]`.
+INLINE_FRAME = re.compile(
+    r"\s+(?P<func>[A-Za-z_.$][\w.$]*)\s+(?P<file>[\w./+-]+\.[chS]):(?P<line>\d+)\s+\[inline\]\s*$"
 )
 # A call-trace line the console cut (an nbcon console taken over in the middle of
 # it, which then replays it; a log cut mid-line): indented, one token that a frame

@@ -76,9 +76,13 @@ class Frame:
     context: str | None = None
     file: str | None = None
     line: int | None = None
+    # Inlined into the next frame: a symbolizer's line, with no address of its own.
+    inline: bool = False
 
     @property
     def text(self) -> str:
+        if self.inline:
+            return f"{self.function} [inline]"
         mod = f" [{self.module}]" if self.module else ""
         return f"{self.function}+{self.offset:#x}/{self.size:#x}{mod}"
 
@@ -87,7 +91,7 @@ class Frame:
         return cls(function=str(d["function"]), offset=int(d.get("offset", 0)),
                    size=int(d.get("size", 0)), module=d.get("module"),
                    reliable=bool(d.get("reliable", True)), context=d.get("context"),
-                   file=d.get("file"), line=d.get("line"))
+                   file=d.get("file"), line=d.get("line"), inline=bool(d.get("inline", False)))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +104,7 @@ class Frame:
             "text": self.text,
             "file": self.file,
             "line": self.line,
+            **({"inline": True} if self.inline else {}),
         }
 
 

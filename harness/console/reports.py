@@ -29,6 +29,7 @@ from typing import NamedTuple
 from harness.console.headers import (
     CUT_HERE,
     END_TRACE,
+    INLINE_FRAME,
     PANIC_END,
     PANIC_REBOOTING,
     PRELUDE_BODY,
@@ -58,6 +59,8 @@ MAX_REPORT_LINES = 300
 # A report that grows this long without ending is closed.
 MAX_REPORT_TOTAL = 5000
 MAX_FRAMES = 128
+# How a symbolizer marks a function inlined into the next line's.
+INLINED = "[inline]"
 # Completions that can come in the middle of a call trace and cut it short.
 CUT_SHORT = frozenset({"end-of-log", "boot-end", "line-limit"})
 # Failures per boot kept with their whole report; later ones keep their header.
@@ -107,6 +110,7 @@ def warning_pid(match: re.Match[str]) -> str | None:
 
 
 def parse_frame(m: re.Match[str], reliable: bool, context: str | None) -> Frame:
+    groups = m.groupdict()
     return Frame(
         function=m.group("func"),
         offset=int(m.group("offset"), 16),
@@ -114,6 +118,8 @@ def parse_frame(m: re.Match[str], reliable: bool, context: str | None) -> Frame:
         module=m.group("module"),
         reliable=reliable,
         context=context,
+        file=groups.get("file"),
+        line=int(groups["line"]) if groups.get("line") else None,
     )
 
 
@@ -195,6 +201,13 @@ class OpenReport:
         self.trace_start = spec.trace_start or self.trace_start
         if spec.trace_from_header:
             self.phase = TRACE
+        self._add(line)
+
+    def restate(self, match: re.Match[str], line: Line) -> None:
+        """The last header again, as the next line of a symbolizer's expansion."""
+        self.headers[-1] = (self.headers[-1][0], match)
+        if self.headers[-1][0] == "warning":
+            self._warning(match)
         self._add(line)
 
     def feed(self, line: Line) -> tuple[str | None, bool]:
@@ -317,6 +330,14 @@ class OpenReport:
                 context = self.stack[-1] if self.stack else None
                 self.frames.append(parse_frame(m, m.group("unreliable") is None, context))
             return True
+        inline = INLINE_FRAME.match(text)
+        if inline is not None:
+            if len(self.frames) < MAX_FRAMES:
+                self.frames.append(Frame(inline.group("func"), 0, 0, reliable=True,
+                                         context=self.stack[-1] if self.stack else None,
+                                         file=inline.group("file"),
+                                         line=int(inline.group("line")), inline=True))
+            return True
         marker = TRACE_MARKER.match(text)
         if marker is not None:
             name = marker.group("name")
@@ -408,6 +429,13 @@ class ReportAssembler:
             flushed = self._flushed.pop(line.caller, None)
             if rep is None and flushed is not None and spec.name in flushed[0] \
                     and line.number - flushed[1] <= FLUSHED_WINDOW:
+                return done
+            if rep is not None and rep.headers[-1][0] == spec.name \
+                    and rep.headers[-1][1].string.rstrip().endswith(INLINED):
+                # A symbolizer's expansion of one header line, an inlined
+                # function per line (syzbot's reports): the last line is the one
+                # the kernel printed, with the address.
+                rep.restate(m, line)
                 return done
             if rep is not None and spec.name in rep.absorbs:
                 rep.absorb(spec, m, line)

@@ -276,14 +276,16 @@ class ReportFacts:
                 return m
         return None
 
+    # Inlined frames a symbolizer added are not candidates: a title is the same
+    # for the log as the kernel printed it and for the symbolized one.
     def reliable(self, task_only: bool = False) -> list[str]:
         return [
             f.function for f in self.frames
-            if f.reliable and (not task_only or f.context in (None, "TASK"))
+            if f.reliable and not f.inline and (not task_only or f.context in (None, "TASK"))
         ]
 
     def unreliable(self) -> list[str]:
-        return [f.function for f in self.frames if not f.reliable]
+        return [f.function for f in self.frames if not f.reliable and not f.inline]
 
     def rip_function(self) -> str | None:
         return self.rip.function if self.rip else None
@@ -432,7 +434,7 @@ def kind_and_title(r: ReportFacts) -> tuple[str, str]:
             "BUG: unable to handle kernel NULL pointer dereference", _crash_function(r))
     if first == "page_fault":
         return "page_fault", in_title(
-            "BUG: unable to handle page fault for address", _crash_function(r))
+            "BUG: unable to handle kernel paging request", _crash_function(r))
     if first == "double_fault":
         return "double_fault", in_title("double fault", _crash_function(r))
     if first == "stack_guard":
