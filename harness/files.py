@@ -13,11 +13,12 @@ import contextlib
 import json
 import os
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from harness.errors import InfraError
+from harness.errors import InfraError, UserError
 
 
 @contextlib.contextmanager
@@ -54,3 +55,22 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
 
 def write_json(path: Path, data: Any, indent: int = 2) -> None:
     write_atomic(path, json.dumps(data, indent=indent) + "\n")
+
+
+def read_toml(path: Path, what: str, hint: str) -> dict[str, Any]:
+    """A TOML file someone gave the harness (`what`: "matrix", "lab file"...):
+    whatever is wrong with it is one UserError line naming it, with `hint`."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist", hint) from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not text (not UTF-8)", hint) from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}", hint) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML for a {what} ({e})", hint) from None
+    except RecursionError:      # tomllib recurses once per level of '[[[[...'
+        raise UserError(f"{path}: not a {what}: TOML nested too deeply", hint) from None

@@ -26,7 +26,6 @@ A mistake names the file, the cell and the key, in one line (exit 2).
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from harness.arches import ARCHES, get_arch
 from harness.cells import KERNEL_FRAGMENTS, Cell, Expect
 from harness.errors import UserError
+from harness.files import read_toml
 from harness.kernel import kconfig
 from harness.scenarios.kexec import METHODS, check_method
 from harness.target.qemu import BASE_CMDLINE
@@ -108,19 +108,7 @@ class _Where:
 
 def load(path: Path) -> Matrix:
     where = _Where(path)
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise UserError(f"matrix {path} is not text (not UTF-8)",
-                        "give a TOML file of [[cell]] tables") from None
-    except OSError as e:
-        raise UserError(f"cannot read matrix {path}: {e.strerror or e}", "check the path") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise where.fail(None, None, f"not valid TOML ({e})") from None
-    except RecursionError:      # tomllib recurses once per level of '[[[[...'
-        raise where.fail(None, None, "not a matrix: TOML nested too deeply") from None
+    doc = read_toml(path, "matrix", "give a TOML file of [[cell]] tables")
     unknown = sorted(set(doc) - TOP_KEYS)
     if unknown:
         raise where.fail(None, unknown[0], "unknown top-level key",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.files import read_toml
 
 
 @dataclass(frozen=True)
@@ -44,20 +44,8 @@ def version_tuple(text: str) -> tuple[int, ...] | None:
 
 
 def load(path: Path) -> list[KnownIssue]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"known-issues file {path} does not exist",
-                        "give an existing file, or --strict to use none") from None
-    except UnicodeDecodeError:
-        raise UserError(f"known-issues file {path} is not text (not UTF-8)",
-                        "give a TOML file of [[issue]] tables, or --strict") from None
-    except OSError as e:
-        raise UserError(f"cannot read known-issues file {path}: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"cannot read known-issues file {path}: not valid TOML ({e})") from None
-    except RecursionError:      # tomllib recurses once per level of '[[[[...'
-        raise UserError(f"known-issues file {path} is nested too deeply") from None
+    data = read_toml(path, "known-issues file",
+                     "give a TOML file of [[issue]] tables, or --strict to use none")
     entries = data.get("issue", [])
     if not isinstance(entries, list):
         raise UserError(f"{path}: 'issue' must be a list of [[issue]] tables")
