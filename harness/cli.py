@@ -192,6 +192,8 @@ def _args_build(p: argparse.ArgumentParser) -> None:
 
 def _args_doctor(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tree", metavar="PATH")
+    p.add_argument("--lab", metavar="FILE", type=Path,
+                   help="check a lab file and its boxes (ci/lab.example.toml) instead")
 
 
 def _args_parse(p: argparse.ArgumentParser) -> None:
@@ -501,7 +503,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from harness.doctor import doctor
+    from harness.doctor import doctor, doctor_lab
+    if args.lab is not None:
+        return doctor_lab(args.lab, sys.stdout)
     return doctor(paths.cache_dir(), args.tree, sys.stdout)
 
 

@@ -1,4 +1,5 @@
 """`cpa-harness doctor`: is this host able to build, boot and check kernels?
+(`--lab FILE`: the lab file and its boxes instead.)
 
 Each check prints one line; each problem says how to fix it.
 """
@@ -10,13 +11,15 @@ import subprocess
 from pathlib import Path
 from typing import TextIO
 
+import paramiko
+
 from harness.arches import ARCHES, I386, X86_64
 from harness.errors import HarnessError
 from harness.image import debian
 from harness.kernel import build as kbuild
 from harness.kernel import source
 from harness.paths import GUEST_DIR
-from harness.target import qemu
+from harness.target import lab, qemu
 
 SETUP_HINT = "run ci/setup.sh"
 
@@ -125,5 +128,45 @@ def doctor(cache: Path, tree: str | None, out: TextIO, refresh: bool = True) -> 
         else:
             ok(f"guest packages for {darch}: {', '.join(names)}")
 
+    out.write("no problems found\n" if not problems else f"{problems} problem(s) found\n")
+    return 0 if not problems else 3
+
+
+def doctor_lab(path: Path, out: TextIO) -> int:
+    """`doctor --lab FILE`: the lab file, and for each box what can be checked
+    from this host without connecting: the ssh key, the pinned host key, and
+    that its console and power commands exist here."""
+    boxes = lab.load(path).boxes        # a mistake in the file: UserError, exit 2
+    problems = 0
+    for box in boxes.values():
+        found: list[str] = []
+        try:
+            paramiko.PKey.from_path(box.key)
+        except (OSError, paramiko.SSHException, ValueError) as e:
+            found.append(f"ssh key {box.key} does not load ({e}): give a private key file")
+        if box.host_key_file is not None:
+            entry = box.host if box.port == 22 else f"[{box.host}]:{box.port}"
+            try:
+                pinned = paramiko.HostKeys(str(box.host_key_file)).lookup(entry)
+            except OSError as e:
+                found.append(f"host key file {box.host_key_file}: {e.strerror or e}")
+            else:
+                if not pinned:
+                    found.append(f"host key file {box.host_key_file} has no key for {entry}: "
+                                 f"add the line `ssh-keyscan` prints")
+        commands = [("console", box.console.command)] if box.console.command else []
+        for what, argv in [*commands, *box.power.items()]:
+            if shutil.which(argv[0]) is None:
+                found.append(f"{what}: {argv[0]} is not on this host's PATH: install it")
+        for problem in found:
+            out.write(f"PROBLEM  {box.name}: {problem}\n")
+        if not found:
+            out.write(f"ok       {box.name}: {box.user}@{box.host}:{box.port}, console "
+                      f"{box.console.describe()}, boot by {box.boot}, recovery by "
+                      f"{box.recovery}\n")
+        problems += len(found)
+    # Said, not implied: what a connection would show is not looked at yet.
+    out.write("not checked (needs a connection to the box): ssh login, console output, "
+              "kexec-tools, the running kernel\n")
     out.write("no problems found\n" if not problems else f"{problems} problem(s) found\n")
     return 0 if not problems else 3

@@ -24,7 +24,9 @@ def _shipped(beside: str, inside: str) -> Path:
 
 CONFIGS_DIR = _shipped("kernel-configs", "shipped_configs")
 GUEST_DIR = _shipped("guest", "shipped_guest")
-KNOWN_ISSUES = _shipped("ci", "shipped_ci") / "known-issues.toml"
+CI_DIR = _shipped("ci", "shipped_ci")
+KNOWN_ISSUES = CI_DIR / "known-issues.toml"
+LAB_EXAMPLE = CI_DIR / "lab.example.toml"
 
 
 def cache_dir() -> Path:
