@@ -10,9 +10,8 @@ HOST_PACKAGES=(make gcc binutils bc flex bison perl libelf-dev libssl-dev xz-uti
                cpio qemu-system-x86 linux-source-6.12 ca-certificates)
 # The tests also open the HTML report in a real browser (`ci/setup.sh --test`),
 # and builds and boots a cell on Debian 12's own 6.1 source, so that version
-# drift is caught at every change.
-# and the simulated lab box (ci/labbox.sh): a stock Debian 12 disk made with
-# mmdebstrap, its console behind ser2net.
+# drift is caught at every change, and the simulated lab box (ci/labbox.sh):
+# a stock Debian 12 disk made with mmdebstrap, its console behind ser2net.
 if [[ "${1:-}" == "--test" ]]; then
     HOST_PACKAGES+=(chromium fonts-liberation linux-source-6.1
                     mmdebstrap ser2net qemu-utils openssh-client e2fsprogs)
