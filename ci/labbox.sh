@@ -114,8 +114,9 @@ start() {
     [[ -f "$dir/overlay.qcow2" ]] || \
         qemu-img create -q -f qcow2 -b "$img/disk.img" -F raw "$dir/overlay.qcow2"
     power_on "$dir"
-    # ser2net serves the line QEMU offers on a unix socket: the console
-    # connection is the console server's, and it outlives the VM's restarts.
+    # ser2net serves the line QEMU offers on a unix socket. It opens the socket
+    # when a client connects: a client connected across a cold power cycle is
+    # dropped with the old socket, and connects again.
     cat > "$dir/ser2net.yaml" <<EOF
 connection: &labbox
   accepter: tcp,127.0.0.1,$CONSOLE_PORT
