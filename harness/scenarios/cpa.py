@@ -42,7 +42,9 @@ def cell_budget(t: Timeouts, periods: int, trips: int) -> float:
     one_boot = t.boot + t.ssh + t.first_pass + 30 * t.command
     period = SELFTEST_PERIOD + PERIOD_SLACK + 4 * t.command
     trip = one_boot + 2 * t.copy
-    return one_boot + periods * period + trips * trip
+    # a quiet period is watched once more before the self-test is called stuck
+    longer = period if periods else 0
+    return one_boot + periods * period + longer + trips * trip
 
 
 class KexecFailed(Exception):
@@ -147,8 +149,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
                           for k, v in (after.meminfo or {}).items()}
         res.vmstat = after.vmstat or {}
         for n, method in enumerate(cell.kexec_trips()):
-            trips.append(RoundTrip(method=method, nonce=new_nonce(),
-                                         boot_id_before=sh.boot_id))
+            trips.append(RoundTrip(method=method, nonce=new_nonce(), boot_id_before=sh.boot_id))
             round_trip(trips[-1], cell, ctx, target, t, n)
         sh.close_ssh()
         target.power_off(t.command)
