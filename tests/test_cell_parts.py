@@ -1,4 +1,5 @@
-"""A cell result's typed parts (failures, kexec round trips) to the files and back."""
+"""A cell result's typed parts (failures, kexec round trips, ssh, what ran) to the
+files and back."""
 
 from __future__ import annotations
 
@@ -60,3 +61,14 @@ def test_typed_parts_read_back_as_written(tmp_path: Path) -> None:
     again = write_cell(tmp_path, res)
     back = cell_from_json(json.loads(again.read_text()), again)
     assert back.kexec == res.kexec and back.failures == res.failures
+    assert res.ssh is not None and res.ssh.port == 57207 and res.ssh.host_key
+    assert res.guest is not None and "pdpe1gb" in res.guest.cpu_flags
+    assert back.ssh == res.ssh and back.guest == res.guest
+
+
+def test_a_cell_never_up_says_so_as_it_always_did(tmp_path: Path) -> None:
+    path = write_cell(tmp_path, CellResult(name="c", arch="i386"))
+    data = json.loads(path.read_text())
+    assert data["ssh"] == {} and data["guest"] == {}
+    back = cell_from_json(data, path)
+    assert back.ssh is None and back.guest is None

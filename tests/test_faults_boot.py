@@ -43,7 +43,7 @@ def test_a_taken_ssh_port_is_an_infra_error_and_retried(tmp_path: Path,
     assert res.verdict == Verdict.PASS, res.reason
     assert res.retried_after.startswith(f"QEMU could not forward 127.0.0.1:{taken} to the "
                                         "guest's ssh port (taken by another process?)")
-    assert res.ssh["port"] != taken
+    assert res.ssh is not None and res.ssh.port != taken
     first = (tmp_path / "cells" / "i386" / "serial.attempt-1.log").read_text()
     assert "Could not set up host forwarding rule" in first
 

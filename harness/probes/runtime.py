@@ -10,7 +10,7 @@ user/harness error before its verdict could mislead anyone.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from harness.kernel.kconfig import parse_config
@@ -59,6 +59,11 @@ class GuestView:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GuestView:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def read_view(run: Runner, built_config: str) -> GuestView:

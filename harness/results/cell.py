@@ -17,6 +17,7 @@ from xml.etree import ElementTree as ET
 from harness.console.model import Failure
 from harness.files import atomic, write_json
 from harness.probes.passes import PeriodProof
+from harness.probes.runtime import GuestView
 
 
 class Verdict(enum.StrEnum):
@@ -110,6 +111,25 @@ class RoundTrip:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+@dataclass
+class SshRecord:
+    """How the machine was reached over ssh: for the results and `cpa-harness ssh`."""
+
+    host: str | None = None
+    port: int | None = None
+    key: str | None = None
+    host_key: str | None = None
+    boot_id: str = ""
+    connect_seconds: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SshRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
 
 @dataclass
 class CellResult:
@@ -143,8 +163,8 @@ class CellResult:
     failures: list[CellFailure] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
     selfcheck: list[dict[str, Any]] = field(default_factory=list)
-    ssh: dict[str, Any] = field(default_factory=dict)       # port, host key, connect time
-    guest: dict[str, Any] = field(default_factory=dict)     # runtime.GuestView: what ran
+    ssh: SshRecord | None = None            # None: the cell had no ssh
+    guest: GuestView | None = None          # what ran, as the machine says; None: never up
     kexec: list[RoundTrip] = field(default_factory=list)
     boots: list[dict[str, Any]] = field(default_factory=list)   # every boot the console saw
     serial_tail: list[str] = field(default_factory=list)    # context for infrastructure errors
@@ -169,6 +189,9 @@ class CellResult:
         d["verdict"] = self.verdict.value
         d["failures"] = [f.to_json() for f in self.failures]
         d["periods"] = [p.to_json() for p in self.periods]
+        # {} for "none", as results have always said it
+        d["ssh"] = self.ssh.to_json() if self.ssh else {}
+        d["guest"] = self.guest.to_json() if self.guest else {}
         d["passes_proven"] = self.passes_proven()
         return d
 

@@ -221,7 +221,7 @@ def _environment(cell: CellResult) -> dict[str, Any]:
     for key in ("accel", "accel_reason", "cpu", "memory_mb", "smp", "cmdline"):
         _put(misc, key, getattr(cell, key))
     for key in ("cpu_model", "hypervisor"):
-        _put(misc, f"guest_{key}", cell.guest.get(key))
+        _put(misc, f"guest_{key}", getattr(cell.guest, key, None))
     _put(env, "misc", misc)
     return env
 
@@ -312,7 +312,7 @@ class _Tests:
         _put(misc, "boot_id", c.boot_id)
         _put(misc, "boots", c.boots)
         _put(misc, "direct_map", _direct_map(c.stats.get("boot")))
-        _put(misc, "config_source", c.guest.get("config_source"))
+        _put(misc, "config_source", c.guest.config_source if c.guest else None)
         _put(t, "misc", misc)
         return t
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.probes.passes import PeriodProof
-from harness.results.cell import CellFailure, CellResult, RoundTrip, Verdict
+from harness.probes.runtime import GuestView
+from harness.results.cell import CellFailure, CellResult, RoundTrip, SshRecord, Verdict
 
 # What run.py names cell directories by: the matrix's cell names (matrix.NAME_RE).
 CELL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -91,6 +92,8 @@ def cell_from_json(data: Any, path: Path) -> CellResult:
         kw["failures"] = [CellFailure.from_json(f) for f in data.get("failures") or []]
         kw["kexec"] = [RoundTrip.from_json(rt) for rt in data.get("kexec") or []]
         kw["periods"] = [PeriodProof.from_json(p) for p in data.get("periods") or []]
+        kw["ssh"] = SshRecord.from_json(data["ssh"]) if data.get("ssh") else None
+        kw["guest"] = GuestView.from_json(data["guest"]) if data.get("guest") else None
         return CellResult(**kw)
     except (ValueError, TypeError, AttributeError) as e:
         raise UserError(f"{path} is not a cell result: {e}") from None
@@ -102,7 +105,7 @@ def _check_shapes(kw: dict[str, Any], path: Path) -> None:
         items = kw.get(key, [])
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise UserError(f"{path} is not a cell result: {key} is not a list of objects")
-    for key in ("stats", "durations", "guest", "direct_map", "vmstat"):
+    for key in ("stats", "durations", "guest", "ssh", "direct_map", "vmstat"):
         if not isinstance(kw.get(key, {}), dict):
             raise UserError(f"{path} is not a cell result: {key} is not an object")
     for key in ("reason", "build_dir", "config_hash", "serial_log", "boot_id"):

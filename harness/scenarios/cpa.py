@@ -25,7 +25,7 @@ from harness.errors import HarnessError, InfraError, UserError
 from harness.files import write_json
 from harness.kernel import facts
 from harness.probes import flush, passes, runtime, stats
-from harness.results.cell import CellFailure, CellResult, RoundTrip, Verdict
+from harness.results.cell import CellFailure, CellResult, RoundTrip, SshRecord, Verdict
 from harness.scenarios import kexec
 from harness.scenarios.context import SELFTEST_PERIOD, CellContext, new_result
 from harness.scenarios.judge import Outcome, judge, read_console
@@ -101,9 +101,9 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         res.boot_id = sh.boot(t.boot, t.ssh)
         res.durations["boot_to_ready"] = time.monotonic() - start
         if sh.access:
-            res.ssh = sh.describe()
+            res.ssh = SshRecord(**sh.describe())
         view, boot = first_look(cell, ctx, target)
-        res.guest = view.to_json()
+        res.guest = view
         res.stats = {"boot": boot.to_json()}
         booted = con.parser.analysis.boots
         problems = runtime_problems(res, cell, view, boot, booted[-1] if booted else None)

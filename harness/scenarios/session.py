@@ -25,7 +25,7 @@ import paramiko
 from harness.cells import Cell
 from harness.errors import HarnessError, InfraError, UserError
 from harness.probes import runtime, stats
-from harness.results.cell import CellResult, Verdict
+from harness.results.cell import CellResult, SshRecord, Verdict
 from harness.scenarios import cpa
 from harness.scenarios.context import CellContext, new_result
 from harness.scenarios.judge import Outcome, judge, read_console
@@ -108,10 +108,10 @@ def run(cell: Cell, ctx: CellContext, run_dir: Path, mode: str, out: TextIO) -> 
         out.write(f"booting {cell.name} ({ctx.accel}); serial log {res.serial_log}\n")
         out.flush()
         res.boot_id = sh.boot(t.boot, t.ssh)
-        res.ssh = sh.describe()
+        res.ssh = SshRecord(**sh.describe())
         write_known_hosts(run_dir, access.port, sh.host_key)
         view, boot = cpa.first_look(cell, ctx, target)
-        res.guest = view.to_json()
+        res.guest = view
         res.stats = {"boot": boot.to_json()}
         problems = runtime.mismatches(view, res.cmdline, res.accel, cell.smp)
         for p in problems:
