@@ -10,11 +10,11 @@ user/harness error before its verdict could mislead anyone.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 from harness.kernel.kconfig import parse_config
 from harness.probes import Runner
+from harness.records import Record
 
 # arch/x86/kernel/cpu/hypervisor.c: "Hypervisor detected: KVM"
 HYPERVISOR_RE = re.compile(r"Hypervisor detected: (.+?)\s*$", re.M)
@@ -47,7 +47,7 @@ def cpu_model_name(cpuinfo: str) -> str:
 
 
 @dataclass
-class GuestView:
+class GuestView(Record):
     cmdline: str = ""
     config_source: str = ""             # /proc/config.gz, or the build's .config
     config_differences: list[str] = field(default_factory=list)
@@ -56,14 +56,6 @@ class GuestView:
     cpu_flags: list[str] = field(default_factory=list)
     hypervisor: str | None = None       # what the kernel detected; None under TCG
     errors: dict[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> GuestView:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def read_view(run: Runner, built_config: str) -> GuestView:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 from xml.etree import ElementTree as ET
@@ -18,6 +18,7 @@ from harness.console.model import Failure
 from harness.files import atomic, write_json
 from harness.probes.passes import PeriodProof
 from harness.probes.runtime import GuestView
+from harness.records import Record
 
 
 class Verdict(enum.StrEnum):
@@ -82,7 +83,7 @@ class CellFailure:
 
 
 @dataclass
-class RoundTrip:
+class RoundTrip(Record):
     """One kexec round trip (scenarios/kexec.py): what was loaded, and how the
     new kernel proved it was running."""
 
@@ -102,17 +103,9 @@ class RoundTrip:
         """Proven (nonce and new boot id), and the new kernel passed the self-test."""
         return self.verified and self.selftest == "pass"
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> RoundTrip:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 @dataclass
-class SshRecord:
+class SshRecord(Record):
     """How the machine was reached over ssh: for the results and `cpa-harness ssh`."""
 
     host: str | None = None
@@ -121,14 +114,6 @@ class SshRecord:
     host_key: str | None = None
     boot_id: str = ""
     connect_seconds: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> SshRecord:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
