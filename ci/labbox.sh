@@ -29,6 +29,11 @@ image() {
     local key dir
     key=$(echo "$PACKAGES bookworm v1" | sha256sum | cut -c1-16)
     dir="$CACHE/$key"
+    mkdir -p "$CACHE"
+    # One maker at a time: two harness processes (or test runs) sharing the
+    # cache would otherwise build into the same temporary directory.
+    exec 9>"$dir.lock"
+    flock 9
     if [[ ! -f "$dir/disk.img" ]]; then
         command -v mmdebstrap >/dev/null || die "mmdebstrap is missing: apt-get install mmdebstrap"
         say "making the Debian 12 disk in $dir (a few minutes, once)"
@@ -50,6 +55,7 @@ image() {
         rm -rf "$dir.tmp/root"
         mv "$dir.tmp" "$dir"
     fi
+    exec 9>&-       # not inherited by the box's QEMU and ser2net
     echo "$dir"
 }
 

@@ -14,7 +14,7 @@ HOST_PACKAGES=(make gcc binutils bc flex bison perl libelf-dev libssl-dev xz-uti
 # a stock Debian 12 disk made with mmdebstrap, its console behind ser2net.
 if [[ "${1:-}" == "--test" ]]; then
     HOST_PACKAGES+=(chromium fonts-liberation linux-source-6.1
-                    mmdebstrap ser2net qemu-utils openssh-client e2fsprogs)
+                    mmdebstrap ser2net socat qemu-utils openssh-client e2fsprogs)
 fi
 # Guest userspace, for both guest arches (the harness downloads them itself;
 # these are only checked for availability).

@@ -86,6 +86,10 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, metavar="FILE",
                    help="record the run in this history store (default: history.sqlite in "
                         "the data directory)")
+    p.add_argument("--lab", type=Path, metavar="FILE",
+                   help="the lab file (ci/lab.example.toml) naming the boxes cells run on")
+    p.add_argument("--target", metavar="NAME",
+                   help="run the cells on this box of --lab instead of in QEMU")
 
 
 def _add_step(p: argparse.ArgumentParser) -> None:
@@ -194,6 +198,8 @@ def _args_doctor(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tree", metavar="PATH")
     p.add_argument("--lab", metavar="FILE", type=Path,
                    help="check a lab file and its boxes (ci/lab.example.toml) instead")
+    p.add_argument("--offline", action="store_true",
+                   help="with --lab: check only what this host can see, connect to no box")
 
 
 def _args_parse(p: argparse.ArgumentParser) -> None:
@@ -309,7 +315,21 @@ def _run_options(args: argparse.Namespace, kexec_target: Path | None) -> RunOpti
                       extra_fragments=tuple(args.fragment), sets=tuple(args.set),
                       accel=args.accel, jobs=args.jobs, make_jobs=args.make_jobs, known=known,
                       periods=args.periods, show_command=args.show_command,
-                      kexec_rounds=args.kexec_rounds, kexec_target=kexec_target)
+                      kexec_rounds=args.kexec_rounds, kexec_target=kexec_target,
+                      lab=args.lab, target=args.target or "")
+
+
+def _check_targets(cells: list[Cell], opts: RunOptions) -> None:
+    """Every box a cell names is in the lab file: found before anything builds."""
+    from harness.target import lab
+    names = {opts.target} if opts.target else {c.target for c in cells if c.target}
+    if not names:
+        return
+    if opts.lab is None:
+        raise UserError(f"target {sorted(names)[0]!r} needs a lab file", "add --lab FILE")
+    boxes = lab.load(opts.lab)
+    for name in sorted(names):
+        boxes.box(name)
 
 
 def _out_dir(out: Path | None) -> Path:
@@ -333,6 +353,7 @@ def _do_run(args: argparse.Namespace, cells: list[Cell], *, matrix: Path | None 
     from harness.run import run_cells, run_session
 
     opts = _run_options(args, kexec_target)
+    _check_targets(cells, opts)
     run_dir = _out_dir(args.out)
     if session and not args.show_command:
         results = [run_session(cells[0], opts, run_dir, paths.cache_dir(), session,
@@ -505,7 +526,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from harness.doctor import doctor, doctor_lab
     if args.lab is not None:
-        return doctor_lab(args.lab, sys.stdout)
+        return doctor_lab(args.lab, sys.stdout, connect=not args.offline)
     return doctor(paths.cache_dir(), args.tree, sys.stdout)
 
 

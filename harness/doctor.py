@@ -14,12 +14,12 @@ from typing import TextIO
 import paramiko
 
 from harness.arches import ARCHES, I386, X86_64
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InfraError, UserError
 from harness.image import debian
 from harness.kernel import build as kbuild
 from harness.kernel import source
 from harness.paths import GUEST_DIR
-from harness.target import lab, qemu
+from harness.target import box, lab, qemu
 
 SETUP_HINT = "run ci/setup.sh"
 
@@ -132,41 +132,83 @@ def doctor(cache: Path, tree: str | None, out: TextIO, refresh: bool = True) -> 
     return 0 if not problems else 3
 
 
-def doctor_lab(path: Path, out: TextIO) -> int:
+def doctor_lab(path: Path, out: TextIO, connect: bool = True) -> int:
     """`doctor --lab FILE`: the lab file, and for each box what can be checked
-    from this host without connecting: the ssh key, the pinned host key, and
-    that its console and power commands exist here."""
+    from this host (the ssh key, the pinned host key, its console and power
+    commands on PATH) and, unless `connect` is false, what the box itself
+    shows: ssh, console output after a newline, kexec-tools and kexec support,
+    the running kernel. Power commands are looked for, never run: a check
+    does not power-cycle a box."""
     boxes = lab.load(path).boxes        # a mistake in the file: UserError, exit 2
     problems = 0
-    for box in boxes.values():
-        found: list[str] = []
-        try:
-            paramiko.PKey.from_path(box.key)
-        except (OSError, paramiko.SSHException, ValueError) as e:
-            found.append(f"ssh key {box.key} does not load ({e}): give a private key file")
-        if box.host_key_file is not None:
-            entry = box.host if box.port == 22 else f"[{box.host}]:{box.port}"
-            try:
-                pinned = paramiko.HostKeys(str(box.host_key_file)).lookup(entry)
-            except OSError as e:
-                found.append(f"host key file {box.host_key_file}: {e.strerror or e}")
-            else:
-                if not pinned:
-                    found.append(f"host key file {box.host_key_file} has no key for {entry}: "
-                                 f"add the line `ssh-keyscan` prints")
-        commands = [("console", box.console.command)] if box.console.command else []
-        for what, argv in [*commands, *box.power.items()]:
-            if shutil.which(argv[0]) is None:
-                found.append(f"{what}: {argv[0]} is not on this host's PATH: install it")
+    for b in boxes.values():
+        found = _box_offline(b)
+        if connect and not found:
+            found, seen = _box_connected(b)
+            for line in seen:
+                out.write(f"ok       {b.name}: {line}\n")
         for problem in found:
-            out.write(f"PROBLEM  {box.name}: {problem}\n")
+            out.write(f"PROBLEM  {b.name}: {problem}\n")
         if not found:
-            out.write(f"ok       {box.name}: {box.user}@{box.host}:{box.port}, console "
-                      f"{box.console.describe()}, boot by {box.boot}, recovery by "
-                      f"{box.recovery}\n")
+            out.write(f"ok       {b.name}: {b.user}@{b.host}:{b.port}, console "
+                      f"{b.console.describe()}, boot by {b.boot}, recovery by "
+                      f"{b.recovery}\n")
         problems += len(found)
-    # Said, not implied: what a connection would show is not looked at yet.
-    out.write("not checked (needs a connection to the box): ssh login, console output, "
-              "kexec-tools, the running kernel\n")
+    if not connect:
+        # Said, not implied: what a connection would show was not looked at.
+        out.write("not checked (--offline): ssh login, console output, "
+                  "kexec-tools, the running kernel\n")
     out.write("no problems found\n" if not problems else f"{problems} problem(s) found\n")
     return 0 if not problems else 3
+
+
+def _box_offline(b: lab.Box) -> list[str]:
+    found: list[str] = []
+    try:
+        paramiko.PKey.from_path(b.key)
+    except (OSError, paramiko.SSHException, ValueError) as e:
+        found.append(f"ssh key {b.key} does not load ({e}): give a private key file")
+    if b.host_key_file is not None:
+        try:
+            box.pinned_key(b)
+        except UserError as e:
+            found.append(str(e).removeprefix(f"box {b.name!r}: "))
+    commands = [("console", b.console.command)] if b.console.command else []
+    for what, argv in [*commands, *b.power.items()]:
+        if shutil.which(argv[0]) is None:
+            found.append(f"{what}: {argv[0]} is not on this host's PATH: install it")
+    return found
+
+
+def _box_connected(b: lab.Box) -> tuple[list[str], list[str]]:
+    """Problems, and what was seen, of one box reached over ssh and its console."""
+    found: list[str] = []
+    seen: list[str] = []
+    try:
+        with box.connect(b, 30) as ssh:
+            who = box.identify(ssh.runner(60))
+    except InfraError as e:
+        return [str(e)], seen
+    seen.append(f"ssh: {who.vendor} {who.product}, {who.cpu_model}, "
+                f"{who.memory_kb // 1024} MiB, {len(who.e820)} e820 lines")
+    if not who.kexec:
+        found.append("kexec-tools are not installed on the box: apt install kexec-tools")
+    elif not who.kexec_in_kernel and b.boot != "grub-reboot":
+        found.append(f"the running kernel {who.kernel} has no kexec support "
+                     f"(/sys/kernel/kexec_loaded is missing): boot one with CONFIG_KEXEC")
+    else:
+        seen.append(f"kexec-tools: {who.kexec}")
+    if b.known_good and who.kernel != b.known_good:
+        found.append(f"runs {who.kernel}, not its known-good kernel {b.known_good}: "
+                     f"boot it back, or correct known_good")
+    else:
+        seen.append(f"running kernel {who.kernel}"
+                    + (" (the known-good one)" if b.known_good else " (no known_good given)"))
+    try:
+        prompt = box.console_answers(b)
+    except InfraError as e:
+        found.append(str(e))
+    else:
+        last = prompt.decode(errors="replace").strip().splitlines()[-1][-60:]
+        seen.append(f"console answered a newline: {last!r}")
+    return found, seen

@@ -85,7 +85,7 @@ def test_a_missing_lab_file(tmp_path: Path) -> None:
 
 def doctor(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     from harness.cli import main
-    code = main(["doctor", "--lab", str(path)])
+    code = main(["doctor", "--lab", str(path), "--offline"])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -106,7 +106,7 @@ def test_doctor_checks_each_box_from_here(tmp_path: Path,
     assert "ok       b: root@10.0.0.5:22, console sh -c true, boot by kexec_load, " \
            "recovery by power cycle" in out
     assert "ok       c: root@10.0.0.6:2222, console tcp://127.0.0.1:7001" in out
-    assert "not checked (needs a connection to the box)" in out
+    assert "not checked (--offline): ssh login, console output" in out
     # what is wrong is said per box, and the exit code says a problem was found
     known.write_text(f"10.0.0.9 {KEY}\n")
     path.write_text(here + 'power_cycle = "no-such-pdu-tool off"\n'

@@ -1,0 +1,100 @@
+"""A lab box's pieces that need no box: its identity read from captured output
+of the simulated box, its console line through real commands, its lock across
+real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.errors import InfraError
+from harness.target import box, lab
+
+DATA = Path(__file__).parent / "data" / "lab"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKDw4Sa61eMoJWOJJRZR3YaVg5gSmWdzQyqIkaX/9/V3"
+
+
+def a_box(tmp_path: Path, console: str) -> lab.Box:
+    path = tmp_path / "lab.toml"
+    path.write_text(textwrap.dedent(f"""\
+        [box.b]
+        ssh = "root@127.0.0.1:2"
+        key = "k"
+        host_key = "{KEY}"
+        console = "{console}"
+        """))
+    return lab.load(path).box("b")
+
+
+def test_identity_of_the_simulated_box() -> None:
+    out = (DATA / "identify-labbox.txt").read_text()
+    who = box.identify(lambda command: (0, out))
+    assert (who.vendor, who.product) == ("QEMU", "Standard PC (i440FX + PIIX, 1996)")
+    assert who.kernel.endswith("-amd64") and len(who.boot_id) == 36
+    assert who.kexec == "/usr/sbin/kexec" and who.kexec_in_kernel
+    assert who.memory_kb > 512 * 1024 and who.cpu_model and "pae" in who.cpu_flags
+    assert who.microcode
+    assert who.e820[0].startswith("BIOS-e820: [mem 0x0000000000000000-")
+    assert any(line.endswith("usable") for line in who.e820)
+    assert box.BoxIdentity.from_json(who.to_json()) == who
+
+
+def test_identity_when_the_box_cannot_say() -> None:
+    with pytest.raises(InfraError, match="could not read the box's identity .status 255"):
+        box.identify(lambda command: (255, "ssh: connection closed"))
+
+
+def test_a_console_command_that_exits_at_once(tmp_path: Path) -> None:
+    with pytest.raises(InfraError, match=r"box 'b': console command 'true' exited \(status 0\)"):
+        box.console_answers(a_box(tmp_path, "true"), seconds=5)
+
+
+def test_a_console_command_that_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(InfraError, match="console command 'no-such-console' did not start"):
+        box.console_answers(a_box(tmp_path, "no-such-console"), seconds=5)
+
+
+def test_a_console_that_answers_a_newline(tmp_path: Path) -> None:
+    # a line that echoes a prompt for each line it is sent, as a getty does
+    script = "while read -r l; do echo 'b login:'; done"
+    seen = box.console_answers(a_box(tmp_path, f"sh -c \\\"{script}\\\""), seconds=5)
+    assert b"b login:" in seen
+
+
+def test_a_silent_console(tmp_path: Path) -> None:
+    with pytest.raises(InfraError, match="showed nothing within 2s of a newline"):
+        box.console_answers(a_box(tmp_path, "sleep 30"), seconds=2)
+
+
+def test_a_console_server_that_is_not_there(tmp_path: Path) -> None:
+    from harness.target.ssh import free_port
+    with pytest.raises(InfraError, match="refused the connection"):
+        box.console_answers(a_box(tmp_path, f"tcp://127.0.0.1:{free_port()}"), seconds=2)
+
+
+def test_one_cell_at_a_time_per_box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CPA_HARNESS_CACHE", str(tmp_path / "cache"))
+    b = a_box(tmp_path, "true")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""\
+            import sys, time
+            from pathlib import Path
+            from harness.target import box, lab
+            with box.taken(lab.load(Path(sys.argv[1])).box("b")):
+                print("taken", flush=True)
+                time.sleep(3)
+            print("released", flush=True)
+            """), str(tmp_path / "lab.toml")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "taken\n"
+    start = time.monotonic()
+    with box.taken(b):
+        waited = time.monotonic() - start
+        assert holder.stdout.readline() == "released\n"    # ours only once the other let go
+    assert waited > 2.0
+    holder.wait(10)
