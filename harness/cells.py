@@ -45,6 +45,7 @@ class Cell:
     workload: str = ""              # a guest shell command run in the background while
                                     # the periods after the first pass are watched
     deadline: float | None = None   # seconds for the whole cell; None: from the timeouts
+    target: str = ""                # a lab box's name (the lab file's); "": a QEMU guest
 
     def kexec_trips(self) -> list[str]:
         return list(self.kexec) * self.kexec_rounds

@@ -53,7 +53,7 @@ TOP_KEYS = {"description", "defaults", "cell"}
 CELL_KEYS: dict[str, type] = {
     "name": str, "arch": str, "cmdline": str, "cpu": str, "memory": int, "smp": int,
     "numa": int, "scenario": str, "periods": int, "kexec": list, "kexec_rounds": int,
-    "workload": str, "fragments": list, "expect": dict, "deadline": int,
+    "workload": str, "fragments": list, "expect": dict, "deadline": int, "target": str,
 }
 EXPECT_KEYS = ("gbpages", "debug_pagealloc", "direct_map_all_4k")
 
@@ -227,4 +227,4 @@ def _cell(where: _Where, name: str, raw: dict[str, Any]) -> Cell:
         kexec_rounds=_positive(where, name, raw, "kexec_rounds", 1),
         ssh=scenario == "cpa", workload=raw.get("workload", ""),
         deadline=_positive(where, name, raw, "deadline", 0, low=60) if "deadline" in raw
-        else None)
+        else None, target=raw.get("target", ""))

@@ -23,7 +23,7 @@ from typing import Any, TextIO, TypeVar, cast
 
 from harness.cells import Cell
 from harness.console.known import KnownIssue
-from harness.errors import BuildError, HarnessError, OptionsDropped
+from harness.errors import BuildError, HarnessError, OptionsDropped, UserError
 from harness.image import initramfs
 from harness.kernel import build as kbuild
 from harness.kernel import kconfig, source
@@ -31,8 +31,8 @@ from harness.progress import Live, reporting, say
 from harness.results.cell import CellResult, Verdict, write_cell, write_summary
 from harness.scenarios import cpa, kexec, selfcheck
 from harness.scenarios.context import CellContext
-from harness.target import qemu
-from harness.target.base import Fleet
+from harness.target import box_target, lab, qemu
+from harness.target.base import Fleet, Targets
 from harness.target.ssh import generate_client_key
 from harness.target.vm import QemuTargets
 
@@ -53,6 +53,8 @@ class RunOptions:
     kexec_target: Path | None = None    # a build dir, bzImage or vmlinux; None: the cell's own
     reuse_build_dir: bool = False       # bisect: one build directory across commits
     show_command: bool = False
+    lab: Path | None = None             # the lab file, for cells with a target
+    target: str = ""                    # run every cell on this lab box
 
 
 def new_run_dir(base: Path) -> Path:
@@ -211,21 +213,44 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
                 kexec.check_method(method, cell.arch_params, config)
             img = _once(memo, ("initramfs", cell.arch),
                         partial(initramfs.build_initramfs, cell.arch_params, cache))
-            acc = _once(memo, ("accel", cell.arch_params.qemu, cell.cpu_model),
-                        partial(accel, cell, b, img))
+            box = _box(cell, opts, memo)
+            acc = None if box else _once(memo, ("accel", cell.arch_params.qemu,
+                                                cell.cpu_model), partial(accel, cell, b, img))
             target = (kexec.check_target(opts.kexec_target, cell.arch_params)
                       if opts.kexec_target and cell.kexec else None)
             key = None
             if cell.ssh:
                 img = _once(memo, ("keyed", cell.arch), partial(keyed, cell.arch, img))
                 key = run_dir / "ssh" / "id_rsa"
-            targets = QemuTargets(cell, b.image, img, acc, fleet, ssh_key=key)
+            targets: Targets
+            if box is not None:
+                health = _once(memo, "health", box_target.Health)
+                targets = box_target.BoxTargets(box, cell.cmdline, b.image, img, health, key)
+                how = ("box", f"lab box {box.name} ({box.boot}, recovery by {box.recovery})")
+            else:
+                assert acc is not None
+                targets = QemuTargets(cell, b.image, img, acc, fleet, ssh_key=key)
+                how = (acc.accel, acc.reason)
             runnable.append((cell, CellContext(b, targets, img, run_dir / "cells" / cell.name,
-                                               opts.known, acc.accel, acc.reason,
-                                               kexec_image=target)))
+                                               opts.known, *how, kexec_image=target)))
         except HarnessError as e:
             finish(_error_result(cell, e))
     return runnable
+
+
+def _box(cell: Cell, opts: RunOptions, memo: dict[Any, Any]) -> lab.Box | None:
+    """The lab box a cell runs on (--target, or the cell's own), None for QEMU."""
+    name = opts.target or cell.target
+    if not name:
+        return None
+    if opts.lab is None:
+        raise UserError(f"cell {cell.name} runs on target {name!r}, but no lab file was given",
+                        "add --lab FILE (ci/lab.example.toml shows one)")
+    box = _once(memo, ("lab", opts.lab), partial(lab.load, opts.lab)).box(name)
+    if box.arch != cell.arch:
+        raise UserError(f"cell {cell.name} is {cell.arch}, box {name!r} is {box.arch}",
+                        "give the box an arch its kernel can boot, or the cell that arch")
+    return box
 
 
 def run_session(cell: Cell, opts: RunOptions, run_dir: Path, cache: Path, mode: str,

@@ -1,0 +1,297 @@
+"""A lab box as a Target: the kernel under test kexec'd from the box's own
+known-good kernel, and the box brought back to it afterwards.
+
+start() takes the box (one cell at a time per box on this host), makes sure
+it is up on its known-good kernel (power-cycling it when ssh does not
+answer), records who it is, copies the kernel and the harness's initramfs into
+one scratch directory, connects the console and kexecs. From there the box
+runs what a QEMU guest runs, with the same ready marker and nonce, so the
+scenarios see no difference. power_off() and release() bring it back: a reboot
+(which lands on the box's default entry, its known-good kernel), a power
+cycle when that does not answer, and proof that it is back (a new boot id and
+the known-good `uname -r`). A box that does not come back is unhealthy: the
+run gives it no further cells.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pexpect
+
+from harness.console import Failure
+from harness.errors import InfraError, UserError
+from harness.proc import die_with_parent
+from harness.target import box as boxes
+from harness.target.base import Target, Targets, Timeouts
+from harness.target.console import Console
+from harness.target.errors import Ending
+from harness.target.lab import Box
+from harness.target.serial import new_nonce
+from harness.target.shell import SshAccess
+from harness.target.ssh import SshError
+
+# Nothing is written on the box outside this directory.
+SCRATCH = "/var/tmp/cpa-harness"
+KEXEC_FLAGS = {"kexec_load": "-l", "kexec_file_load": "-s"}
+# A box's kernel is up to a serial console like a QEMU guest's.
+BASE_CMDLINE = "console=ttyS0,115200"
+
+
+@dataclass
+class Health:
+    """Which boxes a run may still use: one that did not come back is not."""
+
+    unhealthy: dict[str, str] = field(default_factory=dict)     # box -> why
+
+    def check(self, box: Box) -> None:
+        if box.name in self.unhealthy:
+            raise InfraError(f"box {box.name!r} is unhealthy: {self.unhealthy[box.name]}",
+                             "its remaining cells are not run; bring it back by hand")
+
+
+def console_argv(box: Box) -> list[str]:
+    """The console as a child whose terminal is the line."""
+    c = box.console
+    if c.command:
+        return list(c.command)
+    # raw, no echo: the pty between socat and the harness passes bytes as they are
+    return ["socat", "-,raw,echo=0", f"TCP:{c.host}:{c.port}"]
+
+
+class BoxTarget(Target):
+    kind = "box"
+
+    def __init__(self, box: Box, kernel: Path, initrd: Path, cmdline: str, serial_log: Path,
+                 access: SshAccess | None, timeouts: Timeouts, health: Health,
+                 is_fatal: Callable[[Failure, str | None], bool] = lambda f, k: True) -> None:
+        self.nonce = new_nonce()
+        super().__init__(Console(serial_log, self.nonce, is_fatal), access, timeouts.command)
+        self.console.ended = self.ending
+        self.box, self.kernel, self.initrd = box, kernel, initrd
+        self.cmdline = f"{BASE_CMDLINE} {cmdline} cpa_harness.nonce={self.nonce}".strip()
+        self.timeouts, self.health = timeouts, health
+        self.identity: boxes.BoxIdentity | None = None
+        self.known_boot_id = ""         # the known-good kernel's boot before the cell
+        self.back: dict[str, Any] = {}  # how it came back
+        self.kexec_seconds: float | None = None
+        self._hold = contextlib.ExitStack()
+        self._under_test = False        # the box may run the kernel under test
+        self._ended: Ending | None = None
+
+    # --- bringing the kernel under test up ---------------------------------
+
+    def start(self) -> None:
+        self.health.check(self.box)
+        self._hold.enter_context(boxes.taken(self.box))
+        try:
+            self.console.open_log()
+            who = self._known_good(power_cycled=False)
+            self.identity, self.known_boot_id = who, who.boot_id
+            if not who.kexec:
+                raise UserError(f"box {self.box.name!r} has no kexec-tools",
+                                "apt install kexec-tools on it")
+            if not who.kexec_in_kernel:
+                raise UserError(f"box {self.box.name!r}: its kernel {who.kernel} has no kexec "
+                                "support", "boot a known-good kernel built with CONFIG_KEXEC")
+            self._attach_console()
+            self._kexec()
+        except BaseException:
+            self.release()
+            raise
+
+    def _known_good(self, power_cycled: bool) -> boxes.BoxIdentity:
+        """The box up on its known-good kernel: ssh answers, `uname -r` is it.
+        One power cycle when ssh does not answer, if the box has the commands."""
+        try:
+            with boxes.connect(self.box, self.timeouts.ssh) as ssh:
+                who = boxes.identify(ssh.runner(self.timeouts.command))
+        except InfraError:
+            if power_cycled or self.box.recovery != "power cycle":
+                raise
+            self.power_cycle()
+            return self._known_good(power_cycled=True)
+        if self.box.known_good and who.kernel != self.box.known_good:
+            raise InfraError(f"box {self.box.name!r} runs {who.kernel}, not its known-good "
+                             f"kernel {self.box.known_good}",
+                             "boot it back by hand, or correct known_good in the lab file")
+        return who
+
+    def power_cycle(self) -> None:
+        """The box's power commands, run as argv (never through a shell)."""
+        steps = ([self.box.power["power_cycle"]] if "power_cycle" in self.box.power
+                 else [self.box.power["power_off"], self.box.power["power_on"]])
+        for argv in steps:
+            self.console.note(f"box {self.box.name}: power: {shlex.join(argv)}")
+            try:
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                                   preexec_fn=die_with_parent)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise InfraError(f"box {self.box.name!r}: power command {shlex.join(argv)!r} "
+                                 f"did not run: {e}", "check the lab file's power keys") \
+                    from None
+            if r.returncode != 0:
+                said = (r.stderr or r.stdout).strip().splitlines()
+                raise InfraError(f"box {self.box.name!r}: power command {shlex.join(argv)!r} "
+                                 f"failed with status {r.returncode}"
+                                 + (f": {said[-1][:200]}" if said else ""),
+                                 "check the PDU or BMC, and the lab file's power keys")
+
+    def _attach_console(self) -> None:
+        argv = console_argv(self.box)
+        try:
+            child = pexpect.spawn(argv[0], argv[1:], timeout=None, echo=False,
+                                  preexec_fn=die_with_parent, dimensions=(24, 500))
+        except pexpect.ExceptionPexpect as e:
+            raise InfraError(f"box {self.box.name!r}: the console {argv[0]} did not start: "
+                             f"{e}") from None
+        self.console.attach(child)
+
+    def _kexec(self) -> None:
+        """Copy the kernel and initramfs in, load them, and execute."""
+        flag = KEXEC_FLAGS.get(self.box.boot)
+        if flag is None:
+            raise UserError(f"box {self.box.name!r}: boot method {self.box.boot} is not "
+                            "implemented yet", "use boot = \"kexec_load\" or \"kexec_file_load\"")
+        image, initrd = f"{SCRATCH}/bzImage", f"{SCRATCH}/initrd.cpio"
+        with boxes.connect(self.box, self.timeouts.ssh) as ssh:
+            ssh.run(f"mkdir -p {SCRATCH}", self.timeouts.command)
+            ssh.put(self.kernel, image, timeout=self.timeouts.copy)
+            ssh.put(self.initrd, initrd, timeout=self.timeouts.copy)
+            load = ssh.run(f"kexec {flag} {image} --initrd={initrd} "
+                           f"--command-line={shlex.quote(self.cmdline)}", self.timeouts.command)
+            if load.status != 0:
+                said = (load.stderr or load.stdout).strip()[-300:]
+                raise UserError(f"box {self.box.name!r}: its kernel refused the kernel under "
+                                f"test (kexec {flag}, status {load.status}): {said}",
+                                "is the image built for this box's arch?")
+            # The ssh session ends with the known-good kernel: execute a moment
+            # after this command has returned.
+            ssh.run("(sleep 1; systemctl kexec || kexec -e) </dev/null >/dev/null 2>&1 &",
+                    self.timeouts.command)
+        self._under_test = True
+        self.kexec_at = time.monotonic()
+
+    # --- the running kernel ------------------------------------------------
+
+    def alive(self) -> bool:
+        return self._ended is None and self.console.child is not None \
+            and self.console.child.isalive()
+
+    def kernel_cmdline(self) -> str:
+        return self.cmdline
+
+    def ending(self) -> Ending:
+        if self._ended is None:
+            # The console child exited: the console server dropped the connection
+            self._ended = Ending("", True, f"the console connection to box {self.box.name} "
+                                 f"({self.box.console.describe()}) closed")
+        return self._ended
+
+    # --- bringing the box back -----------------------------------------------
+
+    def power_off(self, timeout: float) -> None:
+        """Back to the known-good kernel: `reboot -f` on the serial shell lands
+        on the box's default entry."""
+        if self._under_test and self.console.child is not None \
+                and self.console.child.isalive():
+            with contextlib.suppress(OSError):
+                self.console.send(b"\rreboot -f\r")
+        self.release()
+
+    def abort(self) -> None:
+        # From another thread: close the line so the cell's waits end; release()
+        # in the cell's own thread brings the box back.
+        self._ended = Ending("", True, f"the harness stopped the cell on box {self.box.name}")
+        child = self.console.child
+        if child is not None and child.isalive():
+            child.terminate(force=True)
+
+    def release(self) -> None:
+        try:
+            self.console.flush_parser()
+            self.console.close()
+            if self._under_test:
+                self._bring_back()
+        finally:
+            self._hold.close()
+
+    def _bring_back(self) -> None:
+        """Prove the box is back on its known-good kernel, power-cycling it once
+        if it does not answer. A box that does not come back is unhealthy."""
+        start = time.monotonic()
+        self._under_test = False
+        cycled = False
+        while True:
+            try:
+                with boxes.connect(self.box, self.timeouts.boot) as ssh:
+                    who = boxes.identify(ssh.runner(self.timeouts.command))
+                if who.boot_id == self.known_boot_id:
+                    raise InfraError(f"box {self.box.name!r} still runs the boot it had "
+                                     "before the cell: the kexec never happened")
+                if self.box.known_good and who.kernel != self.box.known_good:
+                    raise InfraError(f"box {self.box.name!r} came back on {who.kernel}, not "
+                                     f"its known-good {self.box.known_good}")
+                break
+            except (InfraError, SshError) as e:
+                # Still the kernel under test (its ssh answers with another host
+                # key), or nothing: a power cycle, once, when there are commands.
+                if cycled or self.box.recovery != "power cycle":
+                    why = str(e)
+                    self.health.unhealthy[self.box.name] = why
+                    raise InfraError(f"box {self.box.name!r} did not come back to its "
+                                     f"known-good kernel: {why}",
+                                     "its remaining cells are not run") from None
+                try:
+                    self.power_cycle()
+                except InfraError as pe:
+                    self.health.unhealthy[self.box.name] = str(pe)
+                    raise
+                cycled = True
+        self.back = {"kernel": who.kernel, "boot_id": who.boot_id, "power_cycled": cycled,
+                     "seconds": round(time.monotonic() - start, 1)}
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "box": self.box.name, "boot": self.box.boot,
+                "recovery": self.box.recovery, "cmdline": self.cmdline,
+                "identity": self.identity.to_json() if self.identity else None,
+                "back": self.back}
+
+
+@dataclass
+class BoxTargets(Targets):
+    """A cell's boots on one lab box."""
+
+    box: Box
+    cell_cmdline: str
+    kernel: Path
+    initrd: Path
+    health: Health
+    ssh_key: Path | None = None
+
+    def new(self, serial_log: Path, *, ssh: bool,
+            is_fatal: Callable[[Failure, str | None], bool],
+            extra_cmdline: str = "") -> BoxTarget:
+        # The kernel under test's own ssh server answers on the box's address
+        access = (SshAccess(self.box.port, self.ssh_key, self.box.host)
+                  if ssh and self.ssh_key else None)
+        return BoxTarget(self.box, self.kernel, self.initrd,
+                         f"{self.cell_cmdline} {extra_cmdline}".strip(), serial_log, access,
+                         self.timeouts, self.health, is_fatal)
+
+    @property
+    def timeouts(self) -> Timeouts:
+        # A real box is as fast as KVM or faster, but it boots through its
+        # firmware when it is power-cycled: the slower set.
+        return Timeouts.for_accel("tcg")
+
+    def command(self, extra_cmdline: str = "") -> str:
+        return (f"kexec {KEXEC_FLAGS.get(self.box.boot, '?')} {self.kernel} "
+                f"--initrd={self.initrd} on box {self.box.name}")
