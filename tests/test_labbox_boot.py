@@ -7,7 +7,9 @@ commands boot it again (a new boot id), and `doctor --lab` finds nothing wrong.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -96,3 +98,74 @@ def test_power_commands_boot_it_again(box: lab.Box) -> None:
                    timeout=60)
     time.sleep(5)       # the reset itself is instant; the old ssh server is gone with it
     assert boot_id(box) not in (before, after)
+
+
+# --- cells on the box -------------------------------------------------------
+
+def run_on_box(box: lab.Box, out: Path, *extra: str,
+               lab_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`cpa-harness boot --arch x86_64 --lab FILE --target labbox`, as a user types it."""
+    lab_file = lab_file or Path(box.power["power_cycle"][-1]) / "lab.toml"
+    return subprocess.run([sys.executable, "-m", "harness", "boot", "--arch", "x86_64",
+                           "--lab", str(lab_file), "--target", box.name, "--out", str(out),
+                           *extra], capture_output=True, text=True, timeout=1800)
+
+
+def cell_result(out: Path) -> dict[str, object]:
+    [path] = (out / "cells").glob("*/result.json")
+    data = json.loads(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_the_cpa_cell_runs_on_the_box_by_kexec_and_the_box_comes_back(
+        box: lab.Box, tmp_path: Path) -> None:
+    before = boot_id(box)
+    r = run_on_box(box, tmp_path / "run")
+    res = cell_result(tmp_path / "run")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert res["verdict"] == "pass" and res["accel"] == "box"
+    target = res["target"]
+    assert isinstance(target, dict) and target["kind"] == "box" and target["box"] == "labbox"
+    assert target["identity"]["vendor"] == "QEMU" and target["identity"]["e820"]
+    assert target["identity"]["boot_id"] == before
+    # the kernel under test ran: its own boot id, the nonce on its command line
+    assert res["boot_id"] not in ("", before)
+    assert "cpa_harness.nonce=" in res["guest"]["cmdline"]
+    assert res["cpa_selftest"] and res["passes_proven"] >= 1
+    # and the box is back on Debian's kernel, in a boot of its own
+    back = target["back"]
+    assert back["kernel"] == box.known_good and back["boot_id"] not in (before, res["boot_id"])
+    with ssh_to(box) as ssh:
+        c = ssh.run(f"uname -r; {BOOT_ID}; ls /var/tmp/cpa-harness", 60)
+    assert c.stdout.split() == [box.known_good, back["boot_id"], "bzImage", "initrd.cpio"]
+
+
+def test_a_kernel_that_panics_at_boot_is_a_failure_and_the_box_recovers(
+        box: lab.Box, tmp_path: Path) -> None:
+    r = run_on_box(box, tmp_path / "run", "--cmdline", "rdinit=/no-such-init")
+    res = cell_result(tmp_path / "run")
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-2000:]
+    assert res["verdict"] == "fail" and "panic" in str(res["reason"]), res["reason"]
+    back = res["target"]["back"]        # type: ignore[index]
+    assert back["kernel"] == box.known_good and back["power_cycled"] is True
+    assert boot_id(box) == back["boot_id"]
+
+
+def test_a_failing_power_command_is_an_infra_error_and_the_box_unhealthy(
+        box: lab.Box, tmp_path: Path) -> None:
+    where = Path(box.power["power_cycle"][-1])
+    broken = tmp_path / "lab.toml"
+    broken.write_text(re.sub(r'(?m)^power_cycle = .*$', 'power_cycle = "false"',
+                             (where / "lab.toml").read_text()))
+    assert 'power_cycle = "false"' in broken.read_text()
+    subprocess.run(["bash", str(SCRIPT), "power-off", str(where)], check=True, timeout=60)
+    try:
+        r = run_on_box(box, tmp_path / "run", lab_file=broken)
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "power-on", str(where)], check=True, timeout=60)
+    res = cell_result(tmp_path / "run")
+    assert r.returncode == 3, r.stdout[-3000:] + r.stderr[-2000:]
+    assert res["verdict"] == "infra_error"
+    assert "power command 'false' failed with status 1" in str(res["reason"]), res["reason"]
+    boot_id(box)        # up again for whatever follows

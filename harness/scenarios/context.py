@@ -29,9 +29,13 @@ class CellContext:
 
 def new_result(cell: Cell, ctx: CellContext) -> CellResult:
     """A cell's result with what is known before it boots."""
+    # A box has the CPUs and memory it has; the cell's QEMU machine is not it
+    qemu = ctx.accel != "box"
     return CellResult(name=cell.name, arch=cell.arch, scenario=cell.scenario,
-                      accel=ctx.accel, accel_reason=ctx.accel_reason, cpu=cell.cpu_model,
-                      memory_mb=cell.memory_mb, smp=cell.smp, numa_nodes=cell.numa_nodes,
+                      accel=ctx.accel, accel_reason=ctx.accel_reason,
+                      cpu=cell.cpu_model if qemu else "",
+                      memory_mb=cell.memory_mb if qemu else 0, smp=cell.smp if qemu else 0,
+                      numa_nodes=cell.numa_nodes,
                       source_id=ctx.build.source_id,
                       build_dir=str(ctx.build.dir), build_cached=ctx.build.cached,
                       config_hash=ctx.build.config_hash, cmdline=cell.cmdline,

@@ -242,10 +242,12 @@ def start_workload(target: Target, cell: Cell) -> int | None:
 def profiler(target: Target, accel: str, arch: str) -> tuple[flush.Profiler | None,
                                                               dict[str, Any]]:
     """Flush accounting from now on, and its record (with the reason it cannot be had)."""
-    kvm = accel == "kvm"
-    prof = flush.Profiler(target.shell.run, show_times=kvm)
+    # Under TCG a time per call measures the emulator; on KVM and a real box, the CPU.
+    real = accel in ("kvm", "box")
+    prof = flush.Profiler(target.shell.run, show_times=real)
+    on = "KVM" if accel == "kvm" else "a real CPU"
     info: dict[str, Any] = {
-        "windows": [], "timing": "time per call shown (KVM)" if kvm else
+        "windows": [], "timing": f"time per call shown ({on})" if real else
         "time per call withheld: under TCG it measures the emulator, not the CPU"}
     # the running kernel, from its banner
     avoid = facts.avoided("flush-accounting", arch, target.console.kernel() or "")

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from harness.target.base import Target
+from harness.target.box_target import BoxTarget
 from harness.target.vm import QemuTarget
 
-KINDS: dict[str, type[Target]] = {QemuTarget.kind: QemuTarget}
+KINDS: dict[str, type[Target]] = {QemuTarget.kind: QemuTarget, BoxTarget.kind: BoxTarget}
 
 
 def may_be_up(described: dict[str, Any]) -> bool:
