@@ -128,3 +128,29 @@ def test_doctor_on_a_bad_lab_file_is_one_line(tmp_path: Path,
     code, out, err = doctor(path, capsys)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and "box 'b': key 'colour'" in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--target", "b"], "target 'b' needs a lab file: add --lab FILE"),
+    (["--target", "nope", "--lab", "LAB"], "target 'nope' is not in lab file"),
+])
+def test_a_target_that_cannot_be_used_is_one_line_before_any_build(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        argv: list[str], message: str) -> None:
+    from harness.cli import main
+    monkeypatch.setenv("CPA_HARNESS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "lab.toml").write_text(BOX)
+    argv = [str(tmp_path / "lab.toml") if a == "LAB" else a for a in argv]
+    code = main(["boot", "--arch", "x86_64", "--out", str(tmp_path / "run"), *argv])
+    out, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "cache").exists()       # nothing was built
+
+
+def test_a_matrix_cell_names_its_box(tmp_path: Path) -> None:
+    from harness.matrix import load
+    m = tmp_path / "m.toml"
+    m.write_text('[[cell]]\nname = "on-box"\narch = "x86_64"\ntarget = "nuc1"\n'
+                 '[[cell]]\nname = "in-qemu"\narch = "x86_64"\n')
+    cells = load(m).cells
+    assert [(c.name, c.target) for c in cells] == [("on-box", "nuc1"), ("in-qemu", "")]
