@@ -225,7 +225,8 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
             targets: Targets
             if box is not None:
                 health = _once(memo, "health", box_target.Health)
-                targets = box_target.BoxTargets(box, cell.cmdline, b.image, img, health, key)
+                targets = box_target.BoxTargets(box, cell.cmdline, b.image, img, health, fleet,
+                                                key)
                 how = ("box", f"lab box {box.name} ({box.boot}, recovery by {box.recovery})")
             else:
                 assert acc is not None

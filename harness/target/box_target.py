@@ -16,6 +16,7 @@ run gives it no further cells.
 from __future__ import annotations
 
 import contextlib
+import re
 import shlex
 import subprocess
 import time
@@ -30,9 +31,9 @@ from harness.console import Failure
 from harness.errors import InfraError, UserError
 from harness.proc import die_with_parent
 from harness.target import box as boxes
-from harness.target.base import Target, Targets, Timeouts
+from harness.target.base import Fleet, Target, Targets, Timeouts
 from harness.target.console import Console
-from harness.target.errors import Ending
+from harness.target.errors import Ending, FailureSeen, GuestExited, GuestHang
 from harness.target.lab import Box
 from harness.target.serial import new_nonce
 from harness.target.shell import SshAccess
@@ -43,6 +44,8 @@ SCRATCH = "/var/tmp/cpa-harness"
 KEXEC_FLAGS = {"kexec_load": "-l", "kexec_file_load": "-s"}
 # A box's kernel is up to a serial console like a QEMU guest's.
 BASE_CMDLINE = "console=ttyS0,115200"
+# kernel/reboot.c, as `reboot -f` restarts the machine
+RESTARTING = re.compile(rb"reboot: Restarting system")
 
 
 @dataclass
@@ -71,13 +74,16 @@ class BoxTarget(Target):
 
     def __init__(self, box: Box, kernel: Path, initrd: Path, cmdline: str, serial_log: Path,
                  access: SshAccess | None, timeouts: Timeouts, health: Health,
+                 fleet: Fleet | None = None,
                  is_fatal: Callable[[Failure, str | None], bool] = lambda f, k: True) -> None:
         self.nonce = new_nonce()
         super().__init__(Console(serial_log, self.nonce, is_fatal), access, timeouts.command)
         self.console.ended = self.ending
         self.box, self.kernel, self.initrd = box, kernel, initrd
-        self.cmdline = f"{BASE_CMDLINE} {cmdline} cpa_harness.nonce={self.nonce}".strip()
+        self.cmdline = " ".join(w for w in (BASE_CMDLINE, cmdline,
+                                            f"cpa_harness.nonce={self.nonce}") if w)
         self.timeouts, self.health = timeouts, health
+        self.fleet = fleet or Fleet()
         self.identity: boxes.BoxIdentity | None = None
         self.known_boot_id = ""         # the known-good kernel's boot before the cell
         self.back: dict[str, Any] = {}  # how it came back
@@ -90,6 +96,8 @@ class BoxTarget(Target):
 
     def start(self) -> None:
         self.health.check(self.box)
+        self.fleet.add(self)        # the run's teardown aborts it like a QEMU guest
+        self._hold.callback(self.fleet.discard, self)
         self._hold.enter_context(boxes.taken(self.box))
         try:
             self.console.open_log()
@@ -172,9 +180,13 @@ class BoxTarget(Target):
                 raise UserError(f"box {self.box.name!r}: its kernel refused the kernel under "
                                 f"test (kexec {flag}, status {load.status}): {said}",
                                 "is the image built for this box's arch?")
-            # The ssh session ends with the known-good kernel: execute a moment
-            # after this command has returned.
-            ssh.run("(sleep 1; systemctl kexec || kexec -e) </dev/null >/dev/null 2>&1 &",
+            # Not `systemctl kexec`: on the way down, Debian's kexec-tools
+            # (kexec-load.service, LOAD_KEXEC=true by default) load the
+            # distribution's kernel over ours, and that is what boots. So the
+            # file systems are synced and the kernel executed at once, as
+            # after a crash: the journal is replayed when the box comes back.
+            # A moment after this command, so that it returns first.
+            ssh.run("(sleep 1; sync; kexec -e) </dev/null >/dev/null 2>&1 &",
                     self.timeouts.command)
         self._under_test = True
         self.kexec_at = time.monotonic()
@@ -202,8 +214,12 @@ class BoxTarget(Target):
         on the box's default entry."""
         if self._under_test and self.console.child is not None \
                 and self.console.child.isalive():
-            with contextlib.suppress(OSError):
+            # Until the kernel says it restarts: closing the line at once can
+            # drop the command before it reaches the box.
+            with contextlib.suppress(OSError, GuestHang, GuestExited, FailureSeen,
+                                     pexpect.ExceptionPexpect):
                 self.console.send(b"\rreboot -f\r")
+                self.console.wait_for(RESTARTING, timeout, "the kernel restarting")
         self.release()
 
     def abort(self) -> None:
@@ -230,8 +246,12 @@ class BoxTarget(Target):
         self._under_test = False
         cycled = False
         while True:
+            # Before a power cycle, as long as a good reboot takes: a kernel
+            # under test that is stuck must not keep the box for a full boot
+            # timeout. After one, the firmware's whole boot.
+            wait = self.timeouts.boot if cycled else self.timeouts.ssh + 30
             try:
-                with boxes.connect(self.box, self.timeouts.boot) as ssh:
+                with boxes.connect(self.box, wait) as ssh:
                     who = boxes.identify(ssh.runner(self.timeouts.command))
                 if who.boot_id == self.known_boot_id:
                     raise InfraError(f"box {self.box.name!r} still runs the boot it had "
@@ -274,6 +294,7 @@ class BoxTargets(Targets):
     kernel: Path
     initrd: Path
     health: Health
+    fleet: Fleet
     ssh_key: Path | None = None
 
     def new(self, serial_log: Path, *, ssh: bool,
@@ -284,7 +305,7 @@ class BoxTargets(Targets):
                   if ssh and self.ssh_key else None)
         return BoxTarget(self.box, self.kernel, self.initrd,
                          f"{self.cell_cmdline} {extra_cmdline}".strip(), serial_log, access,
-                         self.timeouts, self.health, is_fatal)
+                         self.timeouts, self.health, self.fleet, is_fatal)
 
     @property
     def timeouts(self) -> Timeouts:
