@@ -16,6 +16,7 @@ from harness import paths
 from harness.arches import get_arch
 from harness.cells import KERNEL_FRAGMENTS
 from harness.cli import main
+from harness.console.known import version_tuple
 from harness.kernel import build as kbuild
 from harness.kernel import source
 
@@ -148,23 +149,32 @@ def test_i386_direct_maps(smoke: tuple[int, Path]) -> None:
     assert mapped(cell(smoke[1], "i386-pae"), "boot")["DirectMap2M"] > 0
 
 
+def warns_verify_rwx(r: dict[str, Any]) -> bool:
+    """6.12 up to 6.12.117 WARNs in verify_rwx on every x86_64 boot (ci/known-issues.toml);
+    6.12.118 does not."""
+    return (version_tuple(str(r["kernel_version"])) or (0,)) < (6, 12, 118)
+
+
 def test_known_issue_is_shown_not_hidden(smoke: tuple[int, Path]) -> None:
     r = cell(smoke[1], "x86_64-gbpages")
     known = [f for f in r["failures"] if f["known"]]
     # once in each boot: the cell's own and the two kexec'd kernels
     assert [(f["kind"], f["title"], f["boot"]) for f in known] == [
-        ("warning", "WARNING in verify_rwx", n) for n in range(3)]
+        ("warning", "WARNING in verify_rwx", n) for n in range(3 if warns_verify_rwx(r) else 0)]
     assert not [f for f in r["failures"] if not f["known"]]
 
 
 def test_strict_fails_on_the_known_warning(tmp_path: Path) -> None:
-    """Without the known-issues list the same kernel fails: the harness does see it."""
+    """Without the known-issues list the same kernel fails when it warns: the
+    harness does see what the list lets pass."""
     code = main(["run", "--cell", "x86_64-gbpages", "--strict", "--periods", "0",
                  "--out", str(tmp_path)])
-    assert code == 1
     r = cell(tmp_path, "x86_64-gbpages")
-    assert r["verdict"] == "fail"
-    assert r["reason"] == "warning: WARNING in verify_rwx"
+    if warns_verify_rwx(r):
+        assert code == 1 and r["verdict"] == "fail"
+        assert r["reason"] == "warning: WARNING in verify_rwx"
+    else:
+        assert code == 0 and r["verdict"] == "pass" and r["failures"] == []
 
 
 def test_repeated_build_does_no_kernel_work(smoke: tuple[int, Path]) -> None:
