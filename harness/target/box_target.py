@@ -121,10 +121,15 @@ class BoxTarget(Target):
         try:
             with boxes.connect(self.box, self.timeouts.ssh) as ssh:
                 who = boxes.identify(ssh.runner(self.timeouts.command))
-        except InfraError:
+        except InfraError as e:
             if power_cycled or self.box.recovery != "power cycle":
+                self.health.unhealthy[self.box.name] = str(e)
                 raise
-            self.power_cycle()
+            try:
+                self.power_cycle()
+            except InfraError as pe:
+                self.health.unhealthy[self.box.name] = str(pe)
+                raise
             return self._known_good(power_cycled=True)
         if self.box.known_good and who.kernel != self.box.known_good:
             raise InfraError(f"box {self.box.name!r} runs {who.kernel}, not its known-good "
