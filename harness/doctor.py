@@ -20,6 +20,7 @@ from harness.kernel import build as kbuild
 from harness.kernel import source
 from harness.paths import GUEST_DIR
 from harness.target import box, lab, qemu
+from harness.target.ssh import SshError
 
 SETUP_HINT = "run ci/setup.sh"
 
@@ -187,7 +188,7 @@ def _box_connected(b: lab.Box) -> tuple[list[str], list[str]]:
     try:
         with box.connect(b, 30) as ssh:
             who = box.identify(ssh.runner(60))
-    except InfraError as e:
+    except (InfraError, SshError) as e:
         return [str(e)], seen
     seen.append(f"ssh: {who.vendor} {who.product}, {who.cpu_model}, "
                 f"{who.memory_kb // 1024} MiB, {len(who.e820)} e820 lines")

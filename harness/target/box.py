@@ -104,7 +104,7 @@ def connect(box: Box, seconds: float) -> GuestSsh:
     """An ssh connection to the box; InfraError when it did not answer in time."""
     ssh = GuestSsh()
     try:
-        ssh.connect(host=box.host, port=box.port, key_path=box.key,
+        ssh.connect(host=box.host, port=box.port, key_path=box.key, user=box.user,
                     host_key_line=pinned_key(box), deadline=time.monotonic() + seconds)
     except InfraError as e:
         raise InfraError(f"box {box.name!r}: ssh to {box.user}@{box.host}:{box.port}: {e}",

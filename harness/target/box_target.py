@@ -100,6 +100,7 @@ class BoxTarget(Target):
         self._hold.callback(self.fleet.discard, self)
         self._hold.enter_context(boxes.taken(self.box))
         try:
+            self.health.check(self.box)     # again: another cell may have had it meanwhile
             self.console.open_log()
             who = self._known_good(power_cycled=False)
             self.identity, self.known_boot_id = who, who.boot_id
@@ -121,9 +122,11 @@ class BoxTarget(Target):
         try:
             with boxes.connect(self.box, self.timeouts.ssh) as ssh:
                 who = boxes.identify(ssh.runner(self.timeouts.command))
-        except InfraError as e:
+        except (InfraError, SshError) as e:
             if power_cycled or self.box.recovery != "power cycle":
                 self.health.unhealthy[self.box.name] = str(e)
+                if isinstance(e, SshError):
+                    raise InfraError(f"box {self.box.name!r}: {e}") from None
                 raise
             try:
                 self.power_cycle()
@@ -174,8 +177,21 @@ class BoxTarget(Target):
             raise UserError(f"box {self.box.name!r}: boot method {self.box.boot} is not "
                             "implemented yet", "use boot = \"kexec_load\" or \"kexec_file_load\"")
         image, initrd = f"{SCRATCH}/bzImage", f"{SCRATCH}/initrd.cpio"
+        try:
+            self._load_and_execute(flag, image, initrd)
+        except SshError as e:
+            raise InfraError(f"box {self.box.name!r}: ssh failed while loading the kernel "
+                             f"under test: {e}") from None
+
+    def _load_and_execute(self, flag: str, image: str, initrd: str) -> None:
         with boxes.connect(self.box, self.timeouts.ssh) as ssh:
-            ssh.run(f"mkdir -p {SCRATCH}", self.timeouts.command)
+            # Ours alone: made private, and refused when it is a link or another's
+            made = ssh.run(f"install -d -m 700 {SCRATCH} && [ ! -L {SCRATCH} ] && "
+                           f"[ \"$(stat -c '%u %a' {SCRATCH})\" = \"$(id -u) 700\" ]",
+                           self.timeouts.command)
+            if made.status != 0:
+                raise InfraError(f"box {self.box.name!r}: {SCRATCH} is not a private directory "
+                                 "of the ssh user", f"remove it on the box: {made.stderr.strip()}")
             ssh.put(self.kernel, image, timeout=self.timeouts.copy)
             ssh.put(self.initrd, initrd, timeout=self.timeouts.copy)
             load = ssh.run(f"kexec {flag} {image} --initrd={initrd} "
@@ -191,9 +207,9 @@ class BoxTarget(Target):
             # file systems are synced and the kernel executed at once, as
             # after a crash: the journal is replayed when the box comes back.
             # A moment after this command, so that it returns first.
+            self._under_test = True         # from here on, whatever this call says
             ssh.run("(sleep 1; sync; kexec -e) </dev/null >/dev/null 2>&1 &",
                     self.timeouts.command)
-        self._under_test = True
         self.kexec_at = time.monotonic()
 
     # --- the running kernel ------------------------------------------------
@@ -215,17 +231,24 @@ class BoxTarget(Target):
     # --- bringing the box back -----------------------------------------------
 
     def power_off(self, timeout: float) -> None:
-        """Back to the known-good kernel: `reboot -f` on the serial shell lands
-        on the box's default entry."""
-        if self._under_test and self.console.child is not None \
-                and self.console.child.isalive():
-            # Until the kernel says it restarts: closing the line at once can
-            # drop the command before it reaches the box.
-            with contextlib.suppress(OSError, GuestHang, GuestExited, FailureSeen,
-                                     pexpect.ExceptionPexpect):
-                self.console.send(b"\rreboot -f\r")
-                self.console.wait_for(RESTARTING, timeout, "the kernel restarting")
         self.release()
+
+    def _restart(self) -> bool:
+        """`reboot -f` on the serial shell, which lands on the box's default
+        entry; whether the kernel said it restarts."""
+        if self.console.child is None or not self.console.child.isalive():
+            return False
+        # Until the kernel says so: closing the line at once can drop the
+        # command before it reaches the box.
+        with contextlib.suppress(OSError, GuestHang, GuestExited, FailureSeen,
+                                 pexpect.ExceptionPexpect):
+            self.console.cell_deadline = None
+            self.console.send(b"\rreboot -f\r")
+            # a kernel that can restart says so within a second or two
+            self.console.wait_for(RESTARTING, min(30.0, self.timeouts.command),
+                                  "the kernel restarting")
+            return True
+        return False
 
     def abort(self) -> None:
         # From another thread: close the line so the cell's waits end; release()
@@ -236,15 +259,23 @@ class BoxTarget(Target):
             child.terminate(force=True)
 
     def release(self) -> None:
+        """Never raises: a cell's verdict is the kernel's; a box that did not
+        come back is marked unhealthy, noted, and kept from later cells."""
         try:
-            self.console.flush_parser()
+            restarted = self._under_test and self._restart()
+            with contextlib.suppress(Exception):
+                self.console.flush_parser()
             self.console.close()
             if self._under_test:
-                self._bring_back()
+                self._bring_back(restarted)
+        except (InfraError, SshError) as e:
+            self.back = {**self.back, "error": str(e)}
+            self.health.unhealthy.setdefault(self.box.name, str(e))
+            self.console.notes.append(f"box {self.box.name}: {e}")
         finally:
             self._hold.close()
 
-    def _bring_back(self) -> None:
+    def _bring_back(self, restarted: bool) -> None:
         """Prove the box is back on its known-good kernel, power-cycling it once
         if it does not answer. A box that does not come back is unhealthy."""
         start = time.monotonic()
@@ -254,7 +285,7 @@ class BoxTarget(Target):
             # Before a power cycle, as long as a good reboot takes: a kernel
             # under test that is stuck must not keep the box for a full boot
             # timeout. After one, the firmware's whole boot.
-            wait = self.timeouts.boot if cycled else self.timeouts.ssh + 30
+            wait = self.timeouts.boot if cycled or restarted else self.timeouts.ssh + 30
             try:
                 with boxes.connect(self.box, wait) as ssh:
                     who = boxes.identify(ssh.runner(self.timeouts.command))

@@ -210,7 +210,7 @@ class GuestSsh:
         self.close()
 
     def connect(self, *, host: str = "127.0.0.1", port: int, key_path: Path,
-                host_key_line: str, deadline: float) -> None:
+                host_key_line: str, deadline: float, user: str = USER) -> None:
         """Connect and authenticate, retrying until `deadline` (a time.monotonic() value).
 
         Raises HostKeyMismatch at once for a wrong host key, InfraError when no
@@ -244,7 +244,7 @@ class GuestSsh:
             client.set_missing_host_key_policy(_RefuseUnknownKey())
             each = max(0.1, min(ATTEMPT_CAP, left))
             try:
-                client.connect(host, port=port, username=USER, pkey=pkey, timeout=each,
+                client.connect(host, port=port, username=user, pkey=pkey, timeout=each,
                                banner_timeout=each, auth_timeout=each, channel_timeout=each,
                                allow_agent=False, look_for_keys=False,
                                disabled_algorithms=_disabled_for(pinned))
