@@ -87,7 +87,6 @@ class BoxTarget(Target):
         self.identity: boxes.BoxIdentity | None = None
         self.known_boot_id = ""         # the known-good kernel's boot before the cell
         self.back: dict[str, Any] = {}  # how it came back
-        self.kexec_seconds: float | None = None
         self._hold = contextlib.ExitStack()
         self._under_test = False        # the box may run the kernel under test
         self._ended: Ending | None = None
@@ -210,7 +209,6 @@ class BoxTarget(Target):
             self._under_test = True         # from here on, whatever this call says
             ssh.run("(sleep 1; sync; kexec -e) </dev/null >/dev/null 2>&1 &",
                     self.timeouts.command)
-        self.kexec_at = time.monotonic()
 
     # --- the running kernel ------------------------------------------------
 
