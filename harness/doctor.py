@@ -145,7 +145,7 @@ def doctor_lab(path: Path, out: TextIO, connect: bool = True) -> int:
     for b in boxes.values():
         found = _box_offline(b)
         if connect and not found:
-            found, seen = _box_connected(b)
+            found, seen = _box_in_use_or_connected(b)
             for line in seen:
                 out.write(f"ok       {b.name}: {line}\n")
         for problem in found:
@@ -179,6 +179,17 @@ def _box_offline(b: lab.Box) -> list[str]:
         if shutil.which(argv[0]) is None:
             found.append(f"{what}: {argv[0]} is not on this host's PATH: install it")
     return found
+
+
+def _box_in_use_or_connected(b: lab.Box) -> tuple[list[str], list[str]]:
+    """A box a cell has taken is not connected to: doctor would type into
+    its console, or take its console session from it."""
+    try:
+        with box.taken(b, wait=False):
+            return _box_connected(b)
+    except BlockingIOError:
+        return ["in use by a cell on this host: not connected; run doctor again when "
+                "it is done"], []
 
 
 def _box_connected(b: lab.Box) -> tuple[list[str], list[str]]:

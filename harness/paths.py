@@ -48,18 +48,21 @@ def data_dir() -> Path:
 
 
 @contextmanager
-def locked(lock: Path) -> Iterator[None]:
+def locked(lock: Path, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on the file `lock` (made if missing).
 
     Harness processes sharing one cache take it around every fill of a cache
     entry. flock() locks die with their process, so a SIGKILLed holder never
-    leaves one behind.
+    leaves one behind. With `wait` false, a lock held elsewhere raises
+    BlockingIOError at once.
     """
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                raise
             report(f"waiting for another harness process to finish with "
                    f"{lock.with_suffix('')}")
             fcntl.flock(f, fcntl.LOCK_EX)

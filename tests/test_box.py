@@ -98,3 +98,20 @@ def test_one_cell_at_a_time_per_box(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert holder.stdout.readline() == "released\n"    # ours only once the other let go
     assert waited > 2.0
     holder.wait(10)
+
+
+def test_doctor_does_not_connect_to_a_box_a_cell_has(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+    from harness.target.ssh import generate_client_key
+    monkeypatch.setenv("CPA_HARNESS_CACHE", str(tmp_path / "cache"))
+    key, _ = generate_client_key(tmp_path)
+    b = a_box(tmp_path, "sh -c true")
+    path = tmp_path / "lab.toml"
+    path.write_text(path.read_text().replace('key = "k"', f'key = "{key}"'))
+    with box.taken(b):
+        code = main(["doctor", "--lab", str(path)])
+    out, _ = capsys.readouterr()
+    assert code == 3
+    assert "PROBLEM  b: in use by a cell on this host: not connected" in out

@@ -114,13 +114,14 @@ def connect(box: Box, seconds: float) -> GuestSsh:
 
 
 @contextlib.contextmanager
-def taken(box: Box) -> Iterator[None]:
+def taken(box: Box, wait: bool = True) -> Iterator[None]:
     """One cell at a time per box, across the harness processes of this host.
 
     The lock is a file in this host's cache, so it is local to one host: boxes
-    shared by several hosts need a lab-wide lock (a labgrid place).
+    shared by several hosts need a lab-wide lock (a labgrid place). Without
+    `wait`, a box in use raises BlockingIOError at once.
     """
-    with locked(cache_dir() / "locks" / f"box-{box.name}.lock"):
+    with locked(cache_dir() / "locks" / f"box-{box.name}.lock", wait):
         yield
 
 
@@ -191,8 +192,17 @@ class ConsoleLine:
             self.sock.close()
             self.sock = None
         if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(5)
+            # SIGTERM first: a console client such as ipmitool ends its SOL
+            # session on it, and a killed one leaves the session taken
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
             self.proc = None
 
 
