@@ -214,7 +214,7 @@ def ended_by(e: Exception,
 def runtime_problems(res: CellResult, cell: Cell, view: runtime.GuestView,
                      boot: stats.Snapshot, booted: Boot | None) -> list[str]:
     """What runs that is not what the cell asked for or expects."""
-    problems = runtime.mismatches(view, res.cmdline, res.accel, cell.smp)
+    problems = runtime.mismatches(view, res.cmdline, res.accel, res.smp)
     if booted and booted.debug_pagealloc and boot.ptdump:
         large = {k: v for k, v in boot.ptdump.items()
                  if k in ("DirectMap2M", "DirectMap4M", "DirectMap1G") and v}

@@ -113,7 +113,7 @@ def run(cell: Cell, ctx: CellContext, run_dir: Path, mode: str, out: TextIO) -> 
         view, boot = cpa.first_look(cell, ctx, target)
         res.guest = view
         res.stats = {"boot": boot.to_json()}
-        problems = runtime.mismatches(view, res.cmdline, res.accel, cell.smp)
+        problems = runtime.mismatches(view, res.cmdline, res.accel, res.smp)
         for p in problems:
             out.write(f"runtime check: {p}\n")
         out.write(f"guest up (boot id {res.boot_id}); from another terminal:\n"
