@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import guest_command, wait_for_file
 
 from harness.target import lab
 from harness.target.ssh import GuestSsh, free_port
@@ -151,6 +152,34 @@ def test_a_kernel_that_panics_at_boot_is_a_failure_and_the_box_recovers(
     res = cell_result(tmp_path / "run")
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-2000:]
     assert res["verdict"] == "fail" and "panic" in str(res["reason"]), res["reason"]
+    back = res["target"]["back"]        # type: ignore[index]
+    assert back["kernel"] == box.known_good and back["power_cycled"] is True
+    assert boot_id(box) == back["boot_id"]
+
+
+def test_a_kernel_that_hangs_is_a_hang_and_a_power_cycle_brings_the_box_back(
+        box: lab.Box, tmp_path: Path) -> None:
+    """Wedged from outside once it is up: LKDTM's HARDLOCKUP on its only CPU
+    (maxcpus=1; under TCG no NMI watchdog reports it), so console and ssh go
+    silent and only the power commands can bring the box back."""
+    out = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "-m", "harness", "boot", "--arch", "x86_64",
+                            "--lab", str(Path(box.power["power_cycle"][-1]) / "lab.toml"),
+                            "--target", box.name, "--out", str(out), "--cmdline", "maxcpus=1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_file(out / "cells" / "x86_64-boot" / "guest.json", within=900)
+        time.sleep(5)       # the runtime checks' commands done
+        wedge = guest_command(out, "x86_64-boot", "echo HARDLOCKUP > "
+                              "/sys/kernel/debug/provoke-crash/DIRECT")
+        said, _ = run.communicate(timeout=1500)
+    finally:
+        run.kill()
+    wedge.kill()
+    wedge.wait(10)
+    res = cell_result(out)
+    assert run.returncode == 1, said[-3000:]
+    assert res["verdict"] == "fail" and str(res["reason"]).startswith("hang: "), res["reason"]
     back = res["target"]["back"]        # type: ignore[index]
     assert back["kernel"] == box.known_good and back["power_cycled"] is True
     assert boot_id(box) == back["boot_id"]
