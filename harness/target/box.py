@@ -202,7 +202,9 @@ class ConsoleLine:
                 self.proc.wait(5)
             for pipe in (self.proc.stdin, self.proc.stdout):
                 if pipe is not None:
-                    pipe.close()
+                    # what is still buffered for a command that has exited is lost
+                    with contextlib.suppress(BrokenPipeError):
+                        pipe.close()
             self.proc = None
 
 
