@@ -63,11 +63,17 @@ if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import harness, paramiko, pexpect, elftools, qemu.qmp, pytest, hypothesis, importlinter" \
+# With --test also labgrid (the optional extra): tests/test_labgrid.py runs its
+# real coordinator and exporter, and must not find it missing in CI.
+EXTRAS=test IMPORTS="harness, paramiko, pexpect, elftools, qemu.qmp, pytest, hypothesis, importlinter"
+if [[ "${1:-}" == "--test" ]]; then
+    EXTRAS=test,labgrid IMPORTS="$IMPORTS, labgrid"
+fi
+if ! .venv/bin/python -c "import $IMPORTS" \
         2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
     say "installing the harness and its Python dependencies into .venv"
     if ! { .venv/bin/pip install -q --upgrade pip &&
-           .venv/bin/pip install -q -e '.[test]'; } >/tmp/cpa-harness-pip.log 2>&1; then
+           .venv/bin/pip install -q -e ".[$EXTRAS]"; } >/tmp/cpa-harness-pip.log 2>&1; then
         tail -20 /tmp/cpa-harness-pip.log
         echo "setup: error: pip install failed (log: /tmp/cpa-harness-pip.log)" >&2
         exit 3

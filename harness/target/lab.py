@@ -6,7 +6,10 @@ is a command whose stdin and stdout are the line (`telnet HOST PORT`,
 `ipmitool -I lanplus ... sol activate`, `console NAME`) or a `tcp://` or
 `rfc2217://` address of a console server, its power is a set of commands (a
 box without them is recovered by reboot alone), and the kernel under test is
-booted by kexec or a one-shot bootloader entry.
+booted by kexec or a one-shot bootloader entry. A box in a lab that runs
+labgrid can be a labgrid place instead (`labgrid_place`): taken through the
+lab's coordinator, with the place's serial port and power unless the file
+gives its own (target/labgrid_place.py).
 
 Everything wrong with the file is one line naming the file, the box and the
 key, found before anything connects.
@@ -14,8 +17,11 @@ key, found before anything connects.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +42,8 @@ CONSOLE_URL_RE = re.compile(r"^(?P<scheme>tcp|rfc2217)://(?P<host>\[[0-9a-fA-F:]
 BOOT_METHODS = ("kexec_load", "kexec_file_load", "grub-reboot")
 POWER_KEYS = ("power_cycle", "power_off", "power_on")
 KEYS = {"arch", "ssh", "key", "host_key", "host_key_file", "console", "boot", "known_good",
-        *POWER_KEYS}
+        *POWER_KEYS, "labgrid_place", "labgrid_coordinator"}
+COORDINATOR_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[\w.-]+):(?P<port>\d{1,5})$")
 HINT = "see ci/lab.example.toml"
 
 
@@ -50,7 +57,32 @@ class Console:
     port: int = 0
 
     def describe(self) -> str:
+        if self.scheme == "labgrid":
+            # not known before the place is acquired (labgrid_place.held())
+            return f"labgrid place {self.host}'s serial port"
         return shlex.join(self.command) if self.command else f"{self.scheme}://{self.host}:{self.port}"
+
+
+def labgrid_client() -> str:
+    """labgrid-client beside this Python first: the [labgrid] extra installs it
+    into the harness's own environment, whose bin/ need not be on PATH."""
+    beside = Path(sys.executable).parent / "labgrid-client"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("labgrid-client") or "labgrid-client"
+
+
+@dataclass(frozen=True)
+class Place:
+    """The labgrid place a box is. An empty coordinator leaves it to labgrid
+    (LG_COORDINATOR, else its own default)."""
+
+    name: str
+    coordinator: str = ""   # HOST:PORT
+
+    def argv(self, *command: str) -> tuple[str, ...]:
+        where = ("-x", self.coordinator) if self.coordinator else ()
+        return (labgrid_client(), *where, "-p", self.name, *command)
 
 
 @dataclass(frozen=True)
@@ -67,6 +99,7 @@ class Box:
     boot: str
     power: dict[str, tuple[str, ...]]       # power_cycle, power_off, power_on: argv
     known_good: str = ""    # `uname -r` of the kernel the box must come back to
+    place: Place | None = None      # a labgrid place: taken through its coordinator
 
     @property
     def recovery(self) -> str:
@@ -114,7 +147,9 @@ def _box(path: Path, name: str, raw: Any) -> Box:
             raise fail(key, "unknown key", f"allowed: {', '.join(sorted(KEYS))}")
         if not isinstance(raw[key], str):
             raise fail(key, f"must be a string, not {type(raw[key]).__name__}")
-    for key in ("ssh", "key", "console"):
+    place = _place(raw, fail)
+    # a place's own serial port is the console unless the file names one
+    for key in ("ssh", "key") + (() if place else ("console",)):
         if not raw.get(key):
             raise fail(key, "missing")
     arch = raw.get("arch", "x86_64")
@@ -145,11 +180,34 @@ def _box(path: Path, name: str, raw: Any) -> Box:
     if ("power_off" in power) != ("power_on" in power):
         raise fail("power_off" if "power_off" in power else "power_on",
                    "power_off and power_on go together")
+    if place and not power:
+        # the place's power resource, as labgrid-client drives it (the client
+        # must hold the place, which the cell does); none: labgrid_place.held()
+        power = {"power_cycle": place.argv("power", "cycle")}
+    console = (_console(raw["console"], _at(fail, "console")) if raw.get("console")
+               else Console(scheme="labgrid", host=place.name if place else ""))
     return Box(name=name, arch=arch, user=ssh["user"], host=ssh["host"].strip("[]"), port=port,
                key=Path(raw["key"]).expanduser(), host_key=host_key,
                host_key_file=Path(host_key_file).expanduser() if host_key_file else None,
-               console=_console(raw["console"], _at(fail, "console")), boot=boot,
-               power=power, known_good=raw.get("known_good", ""))
+               console=console, boot=boot,
+               power=power, known_good=raw.get("known_good", ""), place=place)
+
+
+def _place(raw: dict[str, str],
+           fail: Callable[[str | None, str, str], UserError]) -> Place | None:
+    name, coordinator = raw.get("labgrid_place", ""), raw.get("labgrid_coordinator", "")
+    if coordinator and not name:
+        raise fail("labgrid_coordinator", "needs labgrid_place", "the place this box is")
+    if "labgrid_place" in raw and not NAME_RE.fullmatch(name):
+        raise fail("labgrid_place", f"{name!r} is not a place name (letters, digits, "
+                   "'.', '_' and '-')", "as `labgrid-client places` lists it")
+    if coordinator:
+        where = COORDINATOR_RE.fullmatch(coordinator)
+        if where is None or not 0 < int(where["port"]) < 65536:
+            raise fail("labgrid_coordinator", f"{coordinator!r} is not HOST:PORT",
+                       "the coordinator's address, as labgrid-client -x takes it")
+    return Place(name, coordinator) if name else None
+
 
 
 def _at(fail: Callable[[str | None, str], UserError],
