@@ -54,6 +54,13 @@ def load(tmp_path: Path, text: str) -> lab.Box:
     return lab.load(path).box("b")
 
 
+def test_the_examples_place() -> None:
+    from harness.paths import LAB_EXAMPLE
+    b = lab.load(LAB_EXAMPLE).box("rack2-nuc")
+    assert b.place == lab.Place("rack2-nuc", "labgrid.lab.example:20408")
+    assert b.power["power_cycle"][-2:] == ("power", "cycle") and b.recovery == "power cycle"
+
+
 def test_a_place_gives_console_and_power(tmp_path: Path) -> None:
     b = load(tmp_path, BOX + 'labgrid_coordinator = "lab-gw:20408"\n')
     assert b.place == lab.Place("rack1-nuc", "lab-gw:20408")

@@ -209,7 +209,6 @@ def _place(raw: dict[str, str],
     return Place(name, coordinator) if name else None
 
 
-
 def _at(fail: Callable[[str | None, str], UserError],
         key: str) -> Callable[[str], UserError]:
     return lambda problem: fail(key, problem)
