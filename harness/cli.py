@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness import __version__, paths
 from harness.arches import ARCHES, get_arch
@@ -297,8 +297,9 @@ def _do_resume(args: argparse.Namespace) -> int:
     todo = [universe[n] for n in wanted if n not in done]
     print(f"resuming {run}: {len(done)} cells kept, {len(todo)} to run")
     args.out = run
+    # a resumed shard is the same attempt, finished: merge must still see its record
     return _do_run(args, todo, matrix=matrix, keep=[r for r in previous if r.name in done],
-                   requested=wanted)
+                   requested=wanted, shard=summary.get("shard"))
 
 
 def _run_options(args: argparse.Namespace, kexec_target: Path | None) -> RunOptions:
@@ -348,7 +349,8 @@ def _out_dir(out: Path | None) -> Path:
 
 def _do_run(args: argparse.Namespace, cells: list[Cell], *, matrix: Path | None = None,
             kexec_target: Path | None = None, session: str | None = None,
-            keep: list[CellResult] | None = None, requested: list[str] | None = None) -> int:
+            keep: list[CellResult] | None = None, requested: list[str] | None = None,
+            shard: dict[str, Any] | None = None) -> int:
     """Run `cells` (or, with `session`, hand the one cell to a person), then report."""
     from harness.run import run_cells, run_session
 
@@ -359,7 +361,8 @@ def _do_run(args: argparse.Namespace, cells: list[Cell], *, matrix: Path | None 
         results = [run_session(cells[0], opts, run_dir, paths.cache_dir(), session,
                                sys.stdout)]
     else:
-        meta = {**matrix_id(matrix), "cells_requested": requested or [c.name for c in cells]}
+        meta = {**matrix_id(matrix), "cells_requested": requested or [c.name for c in cells],
+                **({"shard": shard} if shard else {})}
         results = run_cells(cells, opts, run_dir, paths.cache_dir(), meta=meta, keep=keep)
     if args.show_command:
         return 0
@@ -467,7 +470,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(c.name for c in cells))
         return 0
-    return _do_run(args, cells, matrix=args.matrix)
+    shard = None
+    if args.shard is not None:
+        from harness.results.merge import shard_record
+        # The whole selection goes with each part: merge finds a missing part's cells by it
+        index, count = _shard(args.shard)
+        shard = shard_record(index, count, [c.name for c in cells],
+                             {c.name: c.arch for c in _select(args.cell, args.matrix)})
+    return _do_run(args, cells, matrix=args.matrix, shard=shard)
 
 
 def _cmd_boot(args: argparse.Namespace) -> int:
@@ -496,10 +506,16 @@ def _cmd_ssh(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from harness.results.merge import merge
     merged = merge(args.out, args.runs)
-    print_table(merged, sys.stdout)
+    print_table(merged.cells, sys.stdout)
     _publish(args.out, None)
     sys.stdout.write(f"\nmerged {len(args.runs)} runs into {args.out}\n")
-    return run_exit_code([r.verdict for r in merged])
+    if merged.not_run:
+        sys.stdout.write(f"not run: {', '.join(c['name'] for c in merged.not_run)}\n")
+    if merged.missing:
+        # results are missing: as much a failed run as a failed cell
+        sys.stderr.write(f"cpa-harness: error: {merged.missing_line(args.out)}\n")
+        return 1
+    return run_exit_code([r.verdict for r in merged.cells])
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
