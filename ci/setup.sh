@@ -15,6 +15,9 @@ HOST_PACKAGES=(make gcc binutils bc flex bison perl libelf-dev libssl-dev xz-uti
 if [[ "${1:-}" == "--test" ]]; then
     HOST_PACKAGES+=(chromium fonts-liberation linux-source-6.1
                     mmdebstrap ser2net socat qemu-utils openssh-client e2fsprogs)
+    # The GitLab template is run for real by gitlab-ci-local (from npm), whose
+    # shell executor copies the checkout with rsync.
+    HOST_PACKAGES+=(rsync)
 fi
 # Guest userspace, for both guest arches (the harness downloads them itself;
 # these are only checked for availability).
@@ -65,7 +68,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # With --test also labgrid (the optional extra): tests/test_labgrid.py runs its
 # real coordinator and exporter, and must not find it missing in CI.
-EXTRAS=test IMPORTS="harness, paramiko, pexpect, elftools, qemu.qmp, pytest, hypothesis, importlinter"
+EXTRAS=test IMPORTS="harness, paramiko, pexpect, elftools, qemu.qmp, pytest, hypothesis, importlinter, check_jsonschema"
 if [[ "${1:-}" == "--test" ]]; then
     EXTRAS=test,labgrid IMPORTS="$IMPORTS, labgrid"
 fi
@@ -79,5 +82,25 @@ if ! .venv/bin/python -c "import $IMPORTS" \
         exit 3
     fi
     touch .venv/.installed
+fi
+# gitlab-ci-local 4.56.2: later releases need a newer Node.js than Debian 12's
+# or this machine's 20; 4.56.2 runs on both.
+GITLAB_CI_LOCAL=4.56.2
+if [[ "${1:-}" == "--test" ]] && \
+        [[ "$(gitlab-ci-local --version 2>/dev/null || true)" != "$GITLAB_CI_LOCAL" ]]; then
+    if ! command -v npm >/dev/null; then
+        say "installing nodejs npm"
+        apt-get install -y -q --no-install-recommends nodejs npm >/tmp/cpa-harness-apt.log 2>&1 || {
+            tail -20 /tmp/cpa-harness-apt.log
+            echo "setup: error: apt-get install nodejs npm failed (log: /tmp/cpa-harness-apt.log)" >&2
+            exit 3
+        }
+    fi
+    say "installing gitlab-ci-local $GITLAB_CI_LOCAL"
+    npm install -g "gitlab-ci-local@$GITLAB_CI_LOCAL" >/tmp/cpa-harness-npm.log 2>&1 || {
+        tail -20 /tmp/cpa-harness-npm.log
+        echo "setup: error: npm install gitlab-ci-local failed (log: /tmp/cpa-harness-npm.log)" >&2
+        exit 3
+    }
 fi
 say "ready"

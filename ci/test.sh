@@ -8,4 +8,7 @@ bash ci/setup.sh --test
 .venv/bin/ruff check harness tests bench ci
 .venv/bin/mypy
 .venv/bin/lint-imports --no-cache
+# the CI templates against the engines' own schemas (bundled: works offline)
+.venv/bin/check-jsonschema --builtin-schema vendor.github-workflows ci/templates/github-nightly.yml
+.venv/bin/check-jsonschema --builtin-schema vendor.gitlab-ci ci/templates/gitlab-nightly.yml
 exec .venv/bin/pytest -ra "$@"
