@@ -8,6 +8,7 @@
 #   ci/labbox.sh power-cycle DIR cold: QEMU quits and starts again on its own disk
 #   ci/labbox.sh power-off DIR / power-on DIR
 #   ci/labbox.sh reset DIR       warm: QMP system_reset
+#   ci/labbox.sh console-restart DIR  the console server restarts: its clients are dropped
 #   ci/labbox.sh stop DIR        power off and stop ser2net
 #
 # The disk is made with mmdebstrap from Debian's packages and kept under the
@@ -130,10 +131,7 @@ connection: &labbox
   options:
     kickolduser: true
 EOF
-    if [[ ! -f "$dir/ser2net.pid" ]] || ! kill -0 "$(cat "$dir/ser2net.pid")" 2>/dev/null; then
-        ser2net -c "$dir/ser2net.yaml" -P "$dir/ser2net.pid" > "$dir/ser2net.log" 2>&1 \
-            || die "ser2net did not start (log: $dir/ser2net.log)"
-    fi
+    console_on "$dir"
     local self
     self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
     cat > "$dir/lab.toml" <<EOF
@@ -148,22 +146,39 @@ power_cycle = "$self power-cycle $dir"
 power_off = "$self power-off $dir"
 power_on = "$self power-on $dir"
 boot = "kexec_load"
+# Its hardware is QEMU's, for which the cell's own small configuration has the
+# drivers, and which builds in minutes; LABBOX_CONFIG=box starts from Debian's.
+config = "${LABBOX_CONFIG:-cell}"
 known_good = "$(cat "$img/release")"
 EOF
     say "box up: ssh root@127.0.0.1 -p $SSH_PORT, console tcp://127.0.0.1:$CONSOLE_PORT," \
         "lab file $dir/lab.toml"
 }
 
-stop() {
+console_on() {
     local dir=$1
-    power_off "$dir"
-    if [[ -f "$dir/ser2net.pid" ]]; then
-        kill "$(cat "$dir/ser2net.pid")" 2>/dev/null || true
-        rm -f "$dir/ser2net.pid"
+    if [[ ! -f "$dir/ser2net.pid" ]] || ! kill -0 "$(cat "$dir/ser2net.pid")" 2>/dev/null; then
+        ser2net -c "$dir/ser2net.yaml" -P "$dir/ser2net.pid" > "$dir/ser2net.log" 2>&1 \
+            || die "ser2net did not start (log: $dir/ser2net.log)"
     fi
 }
 
-[[ $# -eq 2 ]] || { sed -n '2,16p' "$0" >&2; exit 2; }
+console_off() {
+    local dir=$1 pid
+    [[ -f "$dir/ser2net.pid" ]] || return 0
+    pid=$(cat "$dir/ser2net.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$dir/ser2net.pid"
+}
+
+stop() {
+    local dir=$1
+    power_off "$dir"
+    console_off "$dir"
+}
+
+[[ $# -eq 2 ]] || { sed -n '2,17p' "$0" >&2; exit 2; }
 case "$1" in
     start) start "$2" ;;
     stop) stop "$2" ;;
@@ -171,5 +186,6 @@ case "$1" in
     power-on) power_on "$2" ;;
     power-cycle) power_off "$2"; power_on "$2" ;;
     reset) qmp "$2" system_reset ;;
-    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+    console-restart) console_off "$2"; sleep 2; console_on "$2" ;;
+    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
 esac

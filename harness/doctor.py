@@ -19,7 +19,7 @@ from harness.image import debian
 from harness.kernel import build as kbuild
 from harness.kernel import source
 from harness.paths import GUEST_DIR
-from harness.target import box, lab, qemu
+from harness.target import box, lab, labgrid_place, qemu
 from harness.target.ssh import SshError
 
 SETUP_HINT = "run ci/setup.sh"
@@ -181,15 +181,23 @@ def _box_offline(b: lab.Box) -> list[str]:
     return found
 
 
+# Where the box keeps its kernel's configuration, for config = "box"
+CONFIG_WHERE = ("if zcat /proc/config.gz >/dev/null 2>&1; then echo /proc/config.gz; "
+                "elif [ -r \"/boot/config-$(uname -r)\" ]; then "
+                "echo \"/boot/config-$(uname -r)\"; fi")
+
+
 def _box_in_use_or_connected(b: lab.Box) -> tuple[list[str], list[str]]:
     """A box a cell has taken is not connected to: doctor would type into
     its console, or take its console session from it."""
     try:
-        with box.taken(b, wait=False):
+        with labgrid_place.held(b, wait=0) as b:
             return _box_connected(b)
     except BlockingIOError:
         return ["in use by a cell on this host: not connected; run doctor again when "
                 "it is done"], []
+    except HarnessError as e:      # the labgrid place: busy, or not to be had
+        return [e.line().removeprefix(f"box {b.name!r}: ")], []
 
 
 def _box_connected(b: lab.Box) -> tuple[list[str], list[str]]:
@@ -199,8 +207,10 @@ def _box_connected(b: lab.Box) -> tuple[list[str], list[str]]:
     try:
         with box.connect(b, 30) as ssh:
             who = box.identify(ssh.runner(60))
-    except (InfraError, SshError) as e:
-        return [str(e)], seen
+            _, config = ssh.runner(60)(CONFIG_WHERE) if b.config == "box" else (0, "")
+    except (HarnessError, SshError) as e:
+        hint = getattr(e, "hint", "")
+        return [f"{e}: {hint}" if hint else str(e)], seen
     seen.append(f"ssh: {who.vendor} {who.product}, {who.cpu_model}, "
                 f"{who.memory_kb // 1024} MiB, {len(who.e820)} e820 lines")
     if not who.kexec:
@@ -210,6 +220,12 @@ def _box_connected(b: lab.Box) -> tuple[list[str], list[str]]:
                      f"(/sys/kernel/kexec_loaded is missing): boot one with CONFIG_KEXEC")
     else:
         seen.append(f"kexec-tools: {who.kexec}")
+    if b.config == "box" and not config.strip():
+        found.append("its kernel's configuration is neither in /proc/config.gz nor in "
+                     "/boot/config-$(uname -r), and the kernel under test is built from it: "
+                     "install it, or set config = \"cell\"")
+    elif config.strip():
+        seen.append(f"kernel configuration: {config.strip()}")
     if b.known_good and who.kernel != b.known_good:
         found.append(f"runs {who.kernel}, not its known-good kernel {b.known_good}: "
                      f"boot it back, or correct known_good")

@@ -31,8 +31,9 @@ from harness.progress import Live, reporting, say
 from harness.results.cell import CellResult, Verdict, write_cell, write_summary
 from harness.scenarios import cpa, kexec, selfcheck
 from harness.scenarios.context import CellContext
+from harness.target import box as boxes
 from harness.target import box_target, lab, qemu
-from harness.target.base import Fleet, Targets
+from harness.target.base import Fleet, Targets, Timeouts
 from harness.target.ssh import generate_client_key
 from harness.target.vm import QemuTargets
 
@@ -177,16 +178,26 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
     memo: dict[Any, Any] = {}
     runnable = []
 
-    def build(cell: Cell) -> kbuild.Build:
+    def build(cell: Cell, own: tuple[Path, Path] | None) -> kbuild.Build:
         _, fragments, sets = _build_key(cell, opts)
         arch = cell.arch_params
-        req = kbuild.BuildRequest(src, arch, kbuild.fragments_for(arch, list(fragments)), sets,
+        req = kbuild.BuildRequest(src, arch, kbuild.fragments_for(
+                                      arch, list(fragments), "box" if own else "base"), sets,
                                   **({"jobs": opts.make_jobs} if opts.make_jobs else {}),
-                                  reuse_dir=opts.reuse_build_dir)
+                                  reuse_dir=opts.reuse_build_dir,
+                                  base_config=own[0] if own else None,
+                                  lsmod=own[1] if own else None)
         b = kbuild.build(req, cache, log_dir=run_dir / "builds")
-        say(out, f"build {arch.name}: {'cached' if b.cached else 'built'} in {b.seconds:.1f}s "
-                 f"({b.dir})")
+        say(out, f"build {arch.name}{' from ' + str(own[0]) if own else ''}: "
+                 f"{'cached' if b.cached else 'built'} in {b.seconds:.1f}s ({b.dir})")
         return b
+
+    def own_config(box: lab.Box) -> tuple[Path, Path]:
+        got = boxes.own_config(box, Timeouts.for_accel("tcg").ssh, run_dir / "boxes" /
+                               box.name)
+        say(out, f"box {box.name}: its own kernel configuration and lsmod read into "
+                 f"{got[0].parent}")
+        return got
 
     def accel(cell: Cell, b: kbuild.Build, img: Path) -> qemu.AccelChoice:
         arch = cell.arch_params
@@ -207,13 +218,15 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
                 cell = replace(cell, periods=opts.periods)
             if opts.kexec_rounds is not None:
                 cell = replace(cell, kexec_rounds=opts.kexec_rounds)
-            b = _once(memo, ("build", _build_key(cell, opts)), partial(build, cell))
+            box = _box(cell, opts, memo)
+            own = (_once(memo, ("own-config", box.name), partial(own_config, box))
+                   if box is not None and box.config == "box" else None)
+            b = _once(memo, ("build", _build_key(cell, opts), own), partial(build, cell, own))
             config = kconfig.parse_config(b.config_text())
             for method in cell.kexec:
                 kexec.check_method(method, cell.arch_params, config)
             img = _once(memo, ("initramfs", cell.arch),
                         partial(initramfs.build_initramfs, cell.arch_params, cache))
-            box = _box(cell, opts, memo)
             acc = None if box else _once(memo, ("accel", cell.arch_params.qemu,
                                                 cell.cpu_model), partial(accel, cell, b, img))
             target = (kexec.check_target(opts.kexec_target, cell.arch_params)
@@ -273,7 +286,11 @@ def run_session(cell: Cell, opts: RunOptions, run_dir: Path, cache: Path, mode: 
             prepared = _prepare([cell], opts, src, run_dir, cache, keep, out, Fleet())
         for c, ctx in prepared:
             ctx.cell_dir.mkdir(parents=True, exist_ok=True)
-            res = session.run(c, ctx, run_dir, mode, out)
+            try:
+                res = session.run(c, ctx, run_dir, mode, out)
+            except session.Interrupted as stop:
+                res = stop.result       # written below, then the interrupt goes on
+                raise
     finally:
         write_cell(run_dir, res)
         meta["finished"] = time.time()

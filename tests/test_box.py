@@ -41,7 +41,24 @@ def test_identity_of_the_simulated_box() -> None:
     assert who.microcode
     assert who.e820[0].startswith("BIOS-e820: [mem 0x0000000000000000-")
     assert any(line.endswith("usable") for line in who.e820)
+    # the interface of the default route, which the kernel under test takes over
+    assert who.net == {"dev": "eth0", "mac": "52:54:00:12:34:56", "address": "10.0.2.15/24",
+                       "gateway": "10.0.2.2"}
+    assert who.net_cmdline() == "cpa_harness.net=52:54:00:12:34:56,10.0.2.15/24,10.0.2.2"
     assert box.BoxIdentity.from_json(who.to_json()) == who
+
+
+def test_a_box_without_a_default_route_gives_the_kernel_under_test_no_address() -> None:
+    out = (DATA / "identify-labbox.txt").read_text()
+    out = "\n".join(ln for ln in out.splitlines() if not ln.startswith("default via"))
+    who = box.identify(lambda command: (0, out))
+    assert who.net == {} and who.net_cmdline() == ""
+
+
+def test_identity_recorded_before_the_net_section_still_reads() -> None:
+    out = (DATA / "identify-labbox.txt").read_text().partition("--- net")[0]
+    who = box.identify(lambda command: (0, out))
+    assert who.e820[-1].startswith("e820: remove") and who.net == {}
 
 
 def test_identity_when_the_box_cannot_say() -> None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pexpect
 import pytest
 from helpers import guest_command, wait_for_file
 
@@ -125,10 +126,23 @@ def cell_result(out: Path) -> dict[str, object]:
 
 def test_the_cpa_cell_runs_on_the_box_by_kexec_and_the_box_comes_back(
         box: lab.Box, tmp_path: Path) -> None:
+    """...through a console server that restarts while the kernel under test
+    runs: the line is connected again and the gap is in the serial log."""
     before = boot_id(box)
-    r = run_on_box(box, tmp_path / "run")
-    res = cell_result(tmp_path / "run")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    out = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "-m", "harness", "boot", "--arch", "x86_64",
+                            "--lab", str(Path(box.power["power_cycle"][-1]) / "lab.toml"),
+                            "--target", box.name, "--out", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_file(out / "cells" / "x86_64-boot" / "guest.json", within=900)
+        subprocess.run(["bash", str(SCRIPT), "console-restart",
+                        str(Path(box.power["power_cycle"][-1]))], check=True, timeout=60)
+        said, _ = run.communicate(timeout=1500)
+    finally:
+        run.kill()
+    res = cell_result(out)
+    assert run.returncode == 0, said[-5000:]
     assert res["verdict"] == "pass" and res["accel"] == "box"
     target = res["target"]
     assert isinstance(target, dict) and target["kind"] == "box" and target["box"] == "labbox"
@@ -144,6 +158,19 @@ def test_the_cpa_cell_runs_on_the_box_by_kexec_and_the_box_comes_back(
     with ssh_to(box) as ssh:
         c = ssh.run(f"uname -r; {BOOT_ID}; ls /var/tmp/cpa-harness", 60)
     assert c.stdout.split() == [box.known_good, back["boot_id"], "bzImage", "initrd.cpio"]
+    # the kernel under test took the box's own address (guest/init)
+    assert "cpa_harness.net=52:54:00:12:34:56,10.0.2.15/24,10.0.2.2" in target["cmdline"]
+    assert target["kexec_to_ready_s"] > 0
+    # the console server's restart: a gap (two, when the server took the first
+    # reconnection before it could reach the line), recorded where a reader looks
+    gaps = target["console_gaps"]
+    assert 1 <= len(gaps) <= 3 and all(0 < gap < 60 for _, gap in gaps), gaps
+    serial = (out / "cells" / "x86_64-boot" / "serial.log").read_text(errors="replace")
+    assert re.search(r"\[cpa-harness: the console connection dropped; connected again after "
+                     r"[\d.]+s \(\d+ tries\)", serial), serial[-3000:]
+    assert any("the console connection dropped; connected again" in n
+               for n in res["notes"]), res["notes"]
+    assert "no interface has the MAC" not in serial
 
 
 def test_a_kernel_that_panics_at_boot_is_a_failure_and_the_box_recovers(
@@ -213,3 +240,96 @@ def test_a_failing_power_command_is_an_infra_error_and_the_box_unhealthy(
         assert "power command 'false' failed with status 1" in res["reason"], res["reason"]
     assert sum("box 'labbox' is unhealthy" in res["reason"] for res in results) >= 1
     boot_id(box)        # up again for whatever follows
+
+
+# --- bad input, with the box left as it was found ---------------------------
+
+def lab_with(box: lab.Box, tmp_path: Path, key: str, value: str) -> Path:
+    where = Path(box.power["power_cycle"][-1])
+    changed = tmp_path / "lab.toml"
+    changed.write_text(re.sub(rf'(?m)^{key} = .*$', f'{key} = "{value}"',
+                              (where / "lab.toml").read_text()))
+    assert f'{key} = "{value}"' in changed.read_text()
+    return changed
+
+
+def test_a_console_command_that_exits_at_once_is_one_line_and_the_box_untouched(
+        box: lab.Box, tmp_path: Path) -> None:
+    before = boot_id(box)
+    bad = lab_with(box, tmp_path, "console", "sh -c 'echo no such console >&2; exit 1'")
+    r = run_on_box(box, tmp_path / "run", lab_file=bad)
+    assert r.returncode == 3, r.stdout[-3000:] + r.stderr[-2000:]
+    res = cell_result(tmp_path / "run")
+    assert res["verdict"] == "infra-error"
+    assert re.search(r"box 'labbox': the console \(sh -c .*\) closed at once, status 1: "
+                     r"no such console", str(res["reason"])), res["reason"]
+    assert boot_id(box) == before       # never kexec'd, never power-cycled
+
+
+def test_ssh_refusing_the_key_is_one_line_and_the_box_untouched(
+        box: lab.Box, tmp_path: Path) -> None:
+    before = boot_id(box)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                    str(tmp_path / "stranger")], check=True)
+    bad = lab_with(box, tmp_path, "key", str(tmp_path / "stranger"))
+    r = run_on_box(box, tmp_path / "run", lab_file=bad)
+    assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-2000:]
+    res = cell_result(tmp_path / "run")
+    assert res["verdict"] == "user-error"
+    assert re.search(r"box 'labbox': ssh to root@127.0.0.1:\d+ refused the key "
+                     rf"{tmp_path / 'stranger'}", str(res["reason"])), res["reason"]
+    assert "authorized_keys" in r.stdout + r.stderr
+    # it answered: refused, not power-cycled
+    assert boot_id(box) == before
+
+
+# --- manual sessions on the box ---------------------------------------------
+
+def session_on_box(box: lab.Box, mode: str, out: Path) -> pexpect.spawn:
+    lab_file = Path(box.power["power_cycle"][-1]) / "lab.toml"
+    child = pexpect.spawn(sys.executable, ["-m", "harness", "boot", "--arch", "x86_64", mode,
+                                           "--lab", str(lab_file), "--target", box.name,
+                                           "--out", str(out)],
+                          encoding="utf-8", codec_errors="replace", timeout=900,
+                          dimensions=(40, 200))
+    child.logfile_read = open(out.parent / f"{out.name}.pty.log", "w")   # noqa: SIM115
+    return child
+
+
+def test_an_ssh_session_on_the_box_and_the_box_back_after_it(
+        box: lab.Box, tmp_path: Path) -> None:
+    before = boot_id(box)
+    out = tmp_path / "run"
+    child = session_on_box(box, "--ssh", out)
+    child.expect(r"guest up \(boot id [0-9a-f-]{36}\)")
+    child.expect(rf"ssh -i \S+ -p {box.port} .* root@{box.host}")   # for a second terminal
+    child.expect("ssh shell follows")
+    r = subprocess.run([sys.executable, "-m", "harness", "ssh", str(out), "--", "cat",
+                        "/proc/cmdline"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "cpa_harness.nonce=" in r.stdout and "cpa_harness.net=" in r.stdout
+    child.sendline("uname -r; exit")
+    child.expect(r"results: ", timeout=600)
+    child.expect(pexpect.EOF, timeout=60)
+    child.close()
+    res = cell_result(out)
+    assert child.exitstatus == 0, res["reason"]
+    back = res["target"]["back"]        # type: ignore[index]
+    assert back["kernel"] == box.known_good and back["boot_id"] != before
+    assert boot_id(box) == back["boot_id"]
+
+
+def test_ctrl_c_in_a_session_on_the_box_puts_the_box_back(
+        box: lab.Box, tmp_path: Path) -> None:
+    before = boot_id(box)
+    out = tmp_path / "run"
+    child = session_on_box(box, "--interactive", out)
+    child.expect(r"booting x86_64-boot \(box\)")    # kexec'd: the kernel under test runs
+    child.sendintr()
+    child.expect(pexpect.EOF, timeout=600)
+    child.close()
+    assert child.exitstatus == 130 or child.signalstatus is not None
+    res = cell_result(out)
+    back = res["target"]["back"]        # type: ignore[index]
+    assert back["kernel"] == box.known_good and back["boot_id"] != before, res["target"]
+    assert boot_id(box) == back["boot_id"]

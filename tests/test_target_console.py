@@ -11,6 +11,7 @@ import pexpect
 import pytest
 
 from harness.errors import InfraError
+from harness.target import console
 from harness.target.console import Console
 from harness.target.errors import CellDeadline, GuestExited, GuestHang
 from harness.target.serial import new_nonce
@@ -214,3 +215,60 @@ def test_a_record_that_overtakes_a_markers_newline_is_found_from_a_mark(
         m.wait_for(trigger, 1, "LKDTM announcing WARNING")
     assert m.wait_for(trigger, 1, "LKDTM announcing WARNING", since=typed).group(1) == b"WARNING"
     m.close()
+
+
+def spawn(script: str) -> pexpect.spawn:
+    return pexpect.spawn("sh", ["-c", script], timeout=None, echo=False)
+
+
+def test_a_dropped_line_is_connected_again_and_the_gap_logged(tmp_path: Path) -> None:
+    """A console server's connection that drops while the machine runs on: the
+    first reconnection is refused (the server still starting), the second holds."""
+    m = machine(tmp_path, "sh", "-c", "echo before the drop; exit 0")
+    answers = iter([spawn("exit 1"), spawn("sleep 1; echo after the drop; sleep 30")])
+    m.reopen = lambda: next(answers)
+    m.wait_for(re.compile(rb"after the drop"), 20, "the machine again")
+    [(at, gap)] = m.gaps
+    assert at >= 0 and 0.5 <= gap < 10
+    [note] = m.notes
+    assert "the console connection dropped; connected again after" in note
+    assert "(2 tries)" in note
+    m.close()
+    log = m.serial_log.read_text()
+    before, gapline, after = log.partition("[cpa-harness: the console connection dropped")
+    assert "before the drop" in before and "after the drop" in after
+    # the harness's words are in the log for a reader, never in the kernel's console
+    assert "cpa-harness" not in m.view.between(0, m.view.end).decode()
+
+
+def test_a_line_that_stays_down_ends_the_wait_with_the_targets_account(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console, "RECONNECT_FOR", 4.0)
+    m = machine(tmp_path, "sh", "-c", "exit 0")
+    m.reopen = lambda: spawn("exit 1")      # the server refuses, every time
+    start = time.monotonic()
+    with pytest.raises(GuestExited):
+        m.wait_for(re.compile(rb"never"), 1, "the machine again")
+    assert 4 <= time.monotonic() - start < 9
+    assert m.gaps == [] and "not connected again within" in m.notes[-1]
+
+
+def test_a_drop_seen_by_a_short_wait_is_still_connected_again(tmp_path: Path) -> None:
+    """The drain reads in waits of a fraction of a second: the reconnection
+    outlasts the wait that saw the drop."""
+    m = machine(tmp_path, "sh", "-c", "exit 0")
+    answers = iter([spawn("exit 1"), spawn("exit 1"), spawn("echo back; sleep 30")])
+    m.reopen = lambda: next(answers)
+    time.sleep(0.5)
+    m.watch(0.05)
+    assert len(m.gaps) == 1 and "(3 tries)" in m.notes[0]
+    m.wait_for(re.compile(rb"back"), 10, "the machine again")
+    m.close()
+
+
+def test_a_line_the_target_closed_is_not_connected_again(tmp_path: Path) -> None:
+    m = machine(tmp_path, "sh", "-c", "exit 0")
+    m.reopen = lambda: None                 # aborted: the line stays closed
+    with pytest.raises(GuestExited):
+        m.wait_for(re.compile(rb"never"), 30, "the machine again")
+    assert m.gaps == [] and m.notes == []

@@ -48,6 +48,10 @@ class BuildRequest:
     # Build in one directory per tree path (and arch and config) whatever the
     # commit: bisect steps then rebuild only what the checkout changed.
     reuse_dir: bool = False
+    # A machine's own configuration to start from instead of tinyconfig (a lab
+    # box's), and its `lsmod`: the modules it uses are built in (localyesconfig)
+    base_config: Path | None = None
+    lsmod: Path | None = None
 
     def merged(self) -> kconfig.Merged:
         return kconfig.merge(self.fragments, self.sets)
@@ -84,9 +88,10 @@ class Build:
         return self.config.read_text(errors="replace")
 
 
-def fragments_for(arch: Arch, names: list[str]) -> tuple[Path, ...]:
-    """base, the arch's own fragments, then the named ones (shipped or paths)."""
-    ordered = ["base", *arch.fragments, *names]
+def fragments_for(arch: Arch, names: list[str], base: str = "base") -> tuple[Path, ...]:
+    """base (or box, on a lab box's own configuration), the arch's own
+    fragments, then the named ones (shipped or paths)."""
+    ordered = [base, *arch.fragments, *names]
     paths: list[Path] = []
     for n in ordered:
         p = kconfig.fragment_path(n)
@@ -174,8 +179,19 @@ def request_record(req: BuildRequest, cache: Path) -> Path | None:
     if not req.source.cache_key:
         return None
     key = _digest(CACHE_VERSION, req.source.cache_key, req.arch.name, req.merged().text(),
-                  kconfig_options.load().digest, toolchain_id())
+                  kconfig_options.load().digest, toolchain_id(), *_base_digests(req))
     return cache / "requests" / f"{key}.json"
+
+
+def _base_digests(req: BuildRequest) -> list[str]:
+    """The machine's configuration and module list, when the build starts from them."""
+    if req.base_config is None:
+        return []
+    parts = [req.base_config] + ([req.lsmod] if req.lsmod else [])
+    try:
+        return ["base"] + [_file_sha256(p) for p in parts]
+    except OSError as e:
+        raise InfraError(f"cannot read {e.filename}: {e.strerror}") from None
 
 
 def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
@@ -196,6 +212,8 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
     if req.reuse_dir:
         src_tag = "tree-" + _digest(str(req.source.path))[:16]
     scratch = cache / "kconfig" / f"{src_tag}-{req.arch.name}"
+    if req.base_config is not None:
+        scratch = scratch.with_name(f"{scratch.name}-{_digest(*_base_digests(req))[:12]}")
     with paths.locked(scratch.with_suffix(".lock")):
         # Read under the lock: another process may configure here right after.
         config_path, survival = _configure(req, merged, scratch)
@@ -290,8 +308,11 @@ def _configure(req: BuildRequest, merged: kconfig.Merged,
     scratch.mkdir(parents=True, exist_ok=True)
     log = scratch / "kconfig.log"
     log.write_text("")
-    _make(req, scratch, ["tinyconfig"], log, quiet=True)
     config = scratch / ".config"
+    if req.base_config is None:
+        _make(req, scratch, ["tinyconfig"], log, quiet=True)
+    else:
+        _from_machine(req, config, log)
     known = kconfig_options.load()
     kconfig.apply(config, merged, known)
     _make(req, scratch, ["olddefconfig"], log, quiet=True)
@@ -306,6 +327,21 @@ def _configure(req: BuildRequest, merged: kconfig.Merged,
                              "fragment (docs/kconfig.md lists the essential options)",
                              tuple(d.option.name for d in survival.dropped))
     return config, survival
+
+
+def _from_machine(req: BuildRequest, config: Path, log: Path) -> None:
+    """A machine's own configuration, brought to this tree, with the modules its
+    `lsmod` lists built in and every other module left out: the kernel under
+    test boots with the harness's initramfs and no module tree, so what the
+    machine needs (its NIC, its disk and serial controllers) must be in the image."""
+    assert req.base_config is not None
+    try:
+        shutil.copyfile(req.base_config, config)
+    except OSError as e:
+        raise InfraError(f"cannot copy {req.base_config}: {e.strerror}") from None
+    _make(req, config.parent, ["olddefconfig"], log, quiet=True)
+    if req.lsmod is not None:     # without it, localyesconfig would read this host's
+        _make(req, config.parent, [f"LSMOD={req.lsmod}", "localyesconfig"], log, quiet=True)
 
 
 def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,

@@ -32,22 +32,35 @@ from harness.scenarios.judge import Outcome, judge, read_console
 from harness.target.base import Target
 from harness.target.errors import FailureSeen, GuestExited, GuestHang
 from harness.target.kinds import may_be_up
+from harness.target.shell import SshAccess
 from harness.target.ssh import GuestSsh
 
 ESCAPE = "\x1d"     # Ctrl-]: leaves the serial console, as in telnet
 
 
-def ssh_command(run_dir: Path, port: int, key: Path) -> str:
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a session, once the machine was given back: the result so
+    far (not run, unless the kernel failed meanwhile) goes with it."""
+
+    def __init__(self, result: CellResult) -> None:
+        super().__init__()
+        self.result = result
+
+
+def ssh_command(run_dir: Path, access: SshAccess) -> str:
     """The OpenSSH command a second terminal uses; the host key is pinned in a file."""
-    return (f"ssh -i {key} -p {port} -o UserKnownHostsFile={run_dir / 'ssh' / 'known_hosts'} "
-            f"-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes root@127.0.0.1")
+    return (f"ssh -i {access.key} -p {access.port} "
+            f"-o UserKnownHostsFile={run_dir / 'ssh' / 'known_hosts'} "
+            f"-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes root@{access.host}")
 
 
-def write_known_hosts(run_dir: Path, port: int, host_key: str) -> None:
+def write_known_hosts(run_dir: Path, access: SshAccess, host_key: str) -> None:
     path = run_dir / "ssh" / "known_hosts"
     path.parent.mkdir(parents=True, exist_ok=True)
+    # the address of a QEMU guest's forwarded port, or a lab box's own
+    name = access.host if access.port == 22 else f"[{access.host}]:{access.port}"
     with open(path, "a") as f:
-        f.write(f"[127.0.0.1]:{port} {host_key}\n")
+        f.write(f"{name} {host_key}\n")
 
 
 def interactive_shell(chan: paramiko.Channel, stdin: TextIO) -> None:
@@ -103,13 +116,14 @@ def run(cell: Cell, ctx: CellContext, run_dir: Path, mode: str, out: TextIO) -> 
     res.cmdline = target.kernel_cmdline()
     start = time.monotonic()
     problems: list[str] = []
+    interrupted = False
     try:
         target.start()
         out.write(f"booting {cell.name} ({ctx.accel}); serial log {res.serial_log}\n")
         out.flush()
         res.boot_id = sh.boot(t.boot, t.ssh)
         res.ssh = SshRecord(**sh.describe())
-        write_known_hosts(run_dir, access.port, sh.host_key)
+        write_known_hosts(run_dir, access, sh.host_key)
         view, boot = cpa.first_look(cell, ctx, target)
         res.guest = view
         res.stats = {"boot": boot.to_json()}
@@ -117,7 +131,7 @@ def run(cell: Cell, ctx: CellContext, run_dir: Path, mode: str, out: TextIO) -> 
         for p in problems:
             out.write(f"runtime check: {p}\n")
         out.write(f"guest up (boot id {res.boot_id}); from another terminal:\n"
-                  f"  {ssh_command(run_dir, access.port, access.key)}\n"
+                  f"  {ssh_command(run_dir, access)}\n"
                   f"  cpa-harness ssh {run_dir}\n")
         if mode == "interactive":
             out.write("serial console follows; Ctrl-] leaves and powers the guest off\n")
@@ -139,6 +153,10 @@ def run(cell: Cell, ctx: CellContext, run_dir: Path, mode: str, out: TextIO) -> 
     except HarnessError as e:
         steps = Outcome(Verdict.USER_ERROR if e.exit_code == 2 else Verdict.INFRA_ERROR,
                         e.line())
+    except KeyboardInterrupt:
+        # Given back first, like any session's end (a lab box to its known-good kernel)
+        interrupted = True
+        steps = Outcome(Verdict.NOT_RUN, "the session was interrupted (Ctrl-C)")
     finally:
         analysis = cpa.finish(target, ctx)
         res.target = target.describe()
@@ -146,6 +164,8 @@ def run(cell: Cell, ctx: CellContext, run_dir: Path, mode: str, out: TextIO) -> 
     read_console(analysis, ctx.known, cell.arch).fill(res)
     verdict = judge(steps, res, session=True)
     res.verdict, res.reason = verdict.verdict, verdict.reason
+    if interrupted:
+        raise Interrupted(res)
     return res
 
 

@@ -18,16 +18,18 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paramiko
 
 from harness.errors import InfraError, UserError
+from harness.files import write_atomic
 from harness.paths import cache_dir, locked
 from harness.probes import Runner
 from harness.probes.runtime import cpu_flags, cpu_model_name
 from harness.records import Record
 from harness.target.lab import Box
-from harness.target.ssh import GuestSsh
+from harness.target.ssh import GuestSsh, HostKeyMismatch, KeyRefused
 
 # Read in one command, so a box is identified in one round trip.
 IDENTIFY = ("for f in sys_vendor product_name; do "
@@ -38,11 +40,19 @@ IDENTIFY = ("for f in sys_vendor product_name; do "
             "echo \"kexec_loaded=$(cat /sys/kernel/kexec_loaded 2>/dev/null)\"; "
             "grep -m1 '^MemTotal:' /proc/meminfo; "
             "echo '--- cpuinfo'; cat /proc/cpuinfo; "
-            "echo '--- e820'; dmesg 2>/dev/null | grep -E 'BIOS-e820: |e820: update|e820: remove'")
+            "echo '--- e820'; dmesg 2>/dev/null | grep -E 'BIOS-e820: |e820: update|e820: remove'; "
+            # the address the kernel under test takes over (guest/init: cpa_harness.net=)
+            "echo '--- net'; ip -o -4 route show default; ip -o -4 addr show scope global; "
+            "for d in /sys/class/net/*; do echo \"link ${d##*/} $(cat $d/address)\"; done")
 MICROCODE_RE = re.compile(r"^microcode\s*:\s*(\S+)", re.M)
 MEMTOTAL_RE = re.compile(r"^MemTotal:\s+(\d+) kB", re.M)
 # "[    0.000000] BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable"
 E820_RE = re.compile(r"(BIOS-e820: .*|e820: (?:update|remove) .*)$")
+# "default via 10.0.2.2 dev eth0 proto dhcp src 10.0.2.15 metric 1024"
+ROUTE_RE = re.compile(r"^default via (\S+) dev (\S+)", re.M)
+# "2: eth0    inet 10.0.2.15/24 brd 10.0.2.255 scope global dynamic eth0\ ..."
+ADDR_RE = re.compile(r"^\d+:\s+(\S+)\s+inet (\S+)", re.M)
+LINK_RE = re.compile(r"^link (\S+) ([0-9a-f:]{17})$", re.M)
 
 
 @dataclass
@@ -61,6 +71,16 @@ class BoxIdentity(Record):
     kexec: str = ""             # the kexec binary, "" when kexec-tools are missing
     # /sys/kernel/kexec_loaded exists only in a kernel built with kexec support
     kexec_in_kernel: bool = False
+    # The interface of the default route: {"dev", "mac", "address" (CIDR), "gateway"}
+    net: dict[str, str] = field(default_factory=dict)
+
+    def net_cmdline(self) -> str:
+        """The address the kernel under test takes over (guest/init), or ""."""
+        n = self.net
+        if not (n.get("mac") and n.get("address")):
+            return ""
+        return "cpa_harness.net=" + ",".join(filter(None, (n["mac"], n["address"],
+                                                           n.get("gateway", ""))))
 
 
 def identify(run: Runner) -> BoxIdentity:
@@ -69,7 +89,8 @@ def identify(run: Runner) -> BoxIdentity:
         raise InfraError(f"could not read the box's identity (status {status}): "
                          f"{out.strip()[-200:]}")
     head, _, rest = out.partition("--- cpuinfo\n")
-    cpuinfo, _, e820 = rest.partition("--- e820\n")
+    cpuinfo, _, rest = rest.partition("--- e820\n")
+    e820, _, net = rest.partition("--- net\n")
     kv = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
     micro = MICROCODE_RE.search(cpuinfo)
     mem = MEMTOTAL_RE.search(head)
@@ -79,7 +100,18 @@ def identify(run: Runner) -> BoxIdentity:
         microcode=micro.group(1) if micro else "", memory_kb=int(mem.group(1)) if mem else 0,
         e820=[m.group(1) for m in map(E820_RE.search, e820.splitlines()) if m],
         kernel=kv.get("kernel", ""), boot_id=kv.get("boot_id", ""), kexec=kv.get("kexec", ""),
-        kexec_in_kernel=kv.get("kexec_loaded", "") != "")
+        kexec_in_kernel=kv.get("kexec_loaded", "") != "", net=_net(net))
+
+
+def _net(text: str) -> dict[str, str]:
+    """The interface that carries the default route, with its address and MAC."""
+    route = ROUTE_RE.search(text)
+    if route is None:
+        return {}
+    gateway, dev = route.groups()
+    addr = next((a for d, a in ADDR_RE.findall(text) if d == dev), "")
+    mac = next((m for d, m in LINK_RE.findall(text) if d == dev), "")
+    return {"dev": dev, "mac": mac, "address": addr, "gateway": gateway}
 
 
 def pinned_key(box: Box) -> str:
@@ -106,10 +138,21 @@ def connect(box: Box, seconds: float) -> GuestSsh:
     try:
         ssh.connect(host=box.host, port=box.port, key_path=box.key, user=box.user,
                     host_key_line=pinned_key(box), deadline=time.monotonic() + seconds)
+    except KeyRefused as e:
+        # It answered with its pinned key: a power cycle would not help.
+        raise UserError(f"box {box.name!r}: ssh to {box.user}@{box.host}:{box.port} refused "
+                        f"the key {box.key} ({e.args[0].rpartition('(')[2].rstrip(')')})",
+                        f"add {box.key}.pub to {box.user}'s ~/.ssh/authorized_keys on the box, "
+                        "or correct key in the lab file") from None
+    except HostKeyMismatch as e:
+        # The box reinstalled, or (bringing it back) the kernel under test still up
+        raise InfraError(f"box {box.name!r}: ssh to {box.user}@{box.host}:{box.port}: {e}",
+                         "if the box was reinstalled, pin its new key (host_key in the lab "
+                         "file, as `ssh-keyscan` prints it)") from None
     except InfraError as e:
         raise InfraError(f"box {box.name!r}: ssh to {box.user}@{box.host}:{box.port}: {e}",
-                         e.hint or "is the box up, and is the key in its authorized_keys?") \
-            from None
+                         "is the box up? `cpa-harness doctor --lab FILE` checks it, its "
+                         "console and its power commands") from None
     return ssh
 
 
@@ -121,8 +164,36 @@ def taken(box: Box, wait: bool = True) -> Iterator[None]:
     shared by several hosts need a lab-wide lock (a labgrid place). Without
     `wait`, a box in use raises BlockingIOError at once.
     """
-    with locked(cache_dir() / "locks" / f"box-{box.name}.lock", wait):
+    # By address, not by name: two lab files may name one box differently,
+    # or two boxes alike.
+    where = re.sub(r"[^\w.-]", "_", f"{box.host}-{box.port}")
+    with locked(cache_dir() / "locks" / f"box-{where}.lock", wait):
         yield
+
+
+# The running kernel's configuration, where the kernel keeps it or where Debian
+# and most distributions install it; then the modules in use.
+OWN_CONFIG = ("{ zcat /proc/config.gz 2>/dev/null || cat \"/boot/config-$(uname -r)\"; }")
+
+
+def own_config(box: Box, seconds: float, into: Path) -> tuple[Path, Path]:
+    """The box's own kernel configuration and `lsmod`, read over ssh (with the
+    box taken, so no cell's kernel under test answers instead) into `into`."""
+    with taken(box), connect(box, seconds) as ssh:
+        run = ssh.runner(seconds)
+        status, config = run(OWN_CONFIG)
+        if status != 0 or "CONFIG_" not in config:
+            raise UserError(f"box {box.name!r}: its kernel's configuration is neither in "
+                            "/proc/config.gz nor in /boot/config-$(uname -r)",
+                            "install it there, or set config = \"cell\" for the box")
+        status, mods = run("lsmod")
+        if status != 0:
+            raise InfraError(f"box {box.name!r}: lsmod failed (status {status}): "
+                             f"{mods.strip()[-200:]}")
+    into.mkdir(parents=True, exist_ok=True)
+    write_atomic(into / "config", config)
+    write_atomic(into / "lsmod", mods)
+    return into / "config", into / "lsmod"
 
 
 class ConsoleLine:

@@ -28,11 +28,12 @@ from typing import Any
 import pexpect
 
 from harness.console import Failure
-from harness.errors import InfraError, UserError
+from harness.errors import HarnessError, InfraError, UserError
 from harness.proc import die_with_parent
 from harness.target import box as boxes
+from harness.target import labgrid_place
 from harness.target.base import Fleet, Target, Targets, Timeouts
-from harness.target.console import Console
+from harness.target.console import RECONNECT_HOLDS, Console
 from harness.target.errors import Ending, FailureSeen, GuestExited, GuestHang
 from harness.target.lab import Box
 from harness.target.serial import new_nonce
@@ -89,6 +90,7 @@ class BoxTarget(Target):
         self.back: dict[str, Any] = {}  # how it came back
         self._hold = contextlib.ExitStack()
         self._under_test = False        # the box may run the kernel under test
+        self.kexec_at: float | None = None  # time.monotonic() of `kexec -e`
         self._ended: Ending | None = None
 
     # --- bringing the kernel under test up ---------------------------------
@@ -97,12 +99,16 @@ class BoxTarget(Target):
         self.health.check(self.box)
         self.fleet.add(self)        # the run's teardown aborts it like a QEMU guest
         self._hold.callback(self.fleet.discard, self)
-        self._hold.enter_context(boxes.taken(self.box))
+        # This host's lock, and the lab's labgrid place when the box is one:
+        # the box as the cell uses it (the place's console and power filled in)
+        self.box = self._hold.enter_context(labgrid_place.held(self.box))
         try:
             self.health.check(self.box)     # again: another cell may have had it meanwhile
             self.console.open_log()
             who = self._known_good(power_cycled=False)
             self.identity, self.known_boot_id = who, who.boot_id
+            if who.net_cmdline():       # ssh to the kernel under test at the box's address
+                self.cmdline = f"{self.cmdline} {who.net_cmdline()}"
             if not who.kexec:
                 raise UserError(f"box {self.box.name!r} has no kexec-tools",
                                 "apt install kexec-tools on it")
@@ -160,14 +166,41 @@ class BoxTarget(Target):
                                  "check the PDU or BMC, and the lab file's power keys")
 
     def _attach_console(self) -> None:
+        child = self._spawn_console()
+        time.sleep(RECONNECT_HOLDS)
+        if not child.isalive():
+            # Before the kexec, while the box is still as it was found
+            said = b""
+            with contextlib.suppress(pexpect.ExceptionPexpect, OSError):
+                said = child.read_nonblocking(4096, timeout=0.1)
+            child.close(force=True)
+            last = said.decode(errors="replace").strip().splitlines()
+            raise InfraError(f"box {self.box.name!r}: the console "
+                             f"({self.box.console.describe()}) closed at once, status "
+                             f"{child.exitstatus if child.exitstatus is not None else '?'}"
+                             + (f": {last[-1][:200]}" if last else ""),
+                             "check the lab file's console and the console server")
+        self.console.attach(child)
+        # The console server's connection can drop while the box runs on (the
+        # server restarted, the network between): connect again, record the gap.
+        self.console.reopen = self._reopen_console
+
+    def _spawn_console(self) -> pexpect.spawn:
         argv = console_argv(self.box)
         try:
-            child = pexpect.spawn(argv[0], argv[1:], timeout=None, echo=False,
-                                  preexec_fn=die_with_parent, dimensions=(24, 500))
+            return pexpect.spawn(argv[0], argv[1:], timeout=None, echo=False,
+                                 preexec_fn=die_with_parent, dimensions=(24, 500))
         except pexpect.ExceptionPexpect as e:
             raise InfraError(f"box {self.box.name!r}: the console {argv[0]} did not start: "
                              f"{e}") from None
-        self.console.attach(child)
+
+    def _reopen_console(self) -> pexpect.spawn | None:
+        if self._ended is not None:     # aborted, or released: the line stays closed
+            return None
+        try:
+            return self._spawn_console()
+        except InfraError:
+            return None
 
     def _kexec(self) -> None:
         """Copy the kernel and initramfs in, load them, and execute."""
@@ -207,6 +240,7 @@ class BoxTarget(Target):
             # after a crash: the journal is replayed when the box comes back.
             # A moment after this command, so that it returns first.
             self._under_test = True         # from here on, whatever this call says
+            self.kexec_at = time.monotonic() + 1
             ssh.run("(sleep 1; sync; kexec -e) </dev/null >/dev/null 2>&1 &",
                     self.timeouts.command)
 
@@ -263,10 +297,11 @@ class BoxTarget(Target):
             restarted = self._under_test and self._restart()
             with contextlib.suppress(Exception):
                 self.console.flush_parser()
+            self.console.reopen = None
             self.console.close()
             if self._under_test:
                 self._bring_back(restarted)
-        except (InfraError, SshError) as e:
+        except (HarnessError, SshError) as e:
             self.back = {**self.back, "error": str(e)}
             self.health.unhealthy.setdefault(self.box.name, str(e))
             self.console.notes.append(f"box {self.box.name}: {e}")
@@ -294,7 +329,7 @@ class BoxTarget(Target):
                     raise InfraError(f"box {self.box.name!r} came back on {who.kernel}, not "
                                      f"its known-good {self.box.known_good}")
                 break
-            except (InfraError, SshError) as e:
+            except (HarnessError, SshError) as e:
                 # Still the kernel under test (its ssh answers with another host
                 # key), or nothing: a power cycle, once, when there are commands.
                 if cycled or self.box.recovery != "power cycle":
@@ -316,7 +351,13 @@ class BoxTarget(Target):
         return {"kind": self.kind, "box": self.box.name, "boot": self.box.boot,
                 "recovery": self.box.recovery, "cmdline": self.cmdline,
                 "identity": self.identity.to_json() if self.identity else None,
-                "back": self.back}
+                "back": self.back, "console_gaps": self.console.gaps,
+                "kexec_to_ready_s": self.kexec_to_ready()}
+
+    def kexec_to_ready(self) -> float | None:
+        """From `kexec -e` to the kernel under test's ready marker."""
+        at, ready = self.kexec_at, self.console.ready_at
+        return round(ready - at, 1) if at is not None and ready is not None else None
 
 
 @dataclass

@@ -53,6 +53,14 @@ SEARCH_WINDOW = 64 * 1024
 KEEP = 1 << 20
 # A kernel that printed within this long of the ready deadline was still running.
 RUNNING_WITHIN = 30.0
+# A console server that dropped the line is asked again this often...
+RECONNECT_EVERY = 1.0
+# ...and a connection that lasts this long is taken as made (a client such as
+# socat exits at once when the server refuses it)...
+RECONNECT_HOLDS = 0.5
+# ...for this long, whatever the wait that saw the drop (the drain's waits
+# are short): a console server restarting, a network blip.
+RECONNECT_FOR = 120.0
 
 
 class _Tee:
@@ -94,6 +102,12 @@ class Console:
         self.pending_fatal: Failure | None = None
         self.child: pexpect.spawn | None = None
         self.ended: Callable[[], Ending] = _closed     # the target's account, once it stops
+        # How to connect the line again when it drops while the machine runs on
+        # (a console server's connection); None where its end is the machine's
+        # (QEMU's own terminal). It returns None once the line must stay closed.
+        self.reopen: Callable[[], pexpect.spawn | None] | None = None
+        self.gaps: list[tuple[float, float]] = []   # (lost at, seconds) after start
+        self.ready_at: float | None = None      # time.monotonic() of the last ready marker
         self.started = 0.0
         self.last_output = 0.0
         self.cell_deadline: float | None = None   # time.monotonic() by which all waits end
@@ -237,6 +251,8 @@ class Console:
                 if time.monotonic() - self.last_output > QUIET_FLUSH:
                     self._handle(self.parser.flush())
             except pexpect.EOF:
+                if self._reconnect():
+                    continue
                 self._handle(self.parser.flush())
                 self.child.close()
                 self._check_fatal()
@@ -244,6 +260,45 @@ class Console:
                 if m is not None:       # in the machine's last words
                     return m
                 raise GuestExited(what, self.ended()) from None
+
+    def _reconnect(self) -> bool:
+        """The line dropped: connect it again, for RECONNECT_FOR at most (and
+        never past the cell's deadline), and record the gap in the serial log
+        and the notes. Whether it is back."""
+        if self.reopen is None:
+            return False
+        assert self.child is not None and self._log is not None
+        lost = time.monotonic()
+        deadline = lost + RECONNECT_FOR
+        if self.cell_deadline is not None:
+            deadline = min(deadline, self.cell_deadline)
+        self.child.close(force=True)
+        tries = 0
+        while time.monotonic() < deadline:
+            tries += 1
+            child = self.reopen()
+            if child is None:       # the target ended it
+                return False
+            time.sleep(RECONNECT_HOLDS)
+            if child.isalive():
+                gap = time.monotonic() - lost
+                self.gaps.append((round(lost - self.started, 1), round(gap, 1)))
+                text = (f"the console connection dropped; connected again after {gap:.1f}s "
+                        f"({tries} tries): what the machine printed meanwhile is lost")
+                # Into the log, not the parser: the harness's words are not the kernel's.
+                # A line the drop cut short is ended first, for the parser as for a reader.
+                with contextlib.suppress(OSError):
+                    self._log.write(f"\n[cpa-harness: {text}]\n".encode())
+                self._feed(b"\n")
+                self.note(text)
+                self.child = child
+                child.logfile_read = _Tee(self._log, self)
+                return True
+            child.close(force=True)
+            time.sleep(max(0.0, min(RECONNECT_EVERY, deadline - time.monotonic())))
+        self.note(f"the console connection dropped; not connected again within "
+                  f"{time.monotonic() - lost:.0f}s ({tries} tries)")
+        return False
 
     def _search(self, pattern: re.Pattern[bytes], start: int,
                 since: int) -> re.Match[bytes] | None:
@@ -281,8 +336,10 @@ class Console:
         was seen, never a hang a good kernel could be blamed for.
         """
         try:
-            return self.wait_for(ready_re(self.nonce if nonce is None else nonce), timeout,
-                                 "ready marker from the guest's init")
+            m = self.wait_for(ready_re(self.nonce if nonce is None else nonce), timeout,
+                              "ready marker from the guest's init")
+            self.ready_at = time.monotonic()
+            return m
         except GuestHang:
             seen = self.kernel_seen()
             if seen is None:

@@ -41,8 +41,12 @@ CONSOLE_URL_RE = re.compile(r"^(?P<scheme>tcp|rfc2217)://(?P<host>\[[0-9a-fA-F:]
 # cells), or a one-shot GRUB entry, so that any reset lands on the default one.
 BOOT_METHODS = ("kexec_load", "kexec_file_load", "grub-reboot")
 POWER_KEYS = ("power_cycle", "power_off", "power_on")
+# Where the kernel under test's configuration starts: the box's own (read over
+# ssh, its modules built in), or the cell's, which boots only where the box's
+# hardware is what the cell's kernel has drivers for (a QEMU machine).
+CONFIGS = ("box", "cell")
 KEYS = {"arch", "ssh", "key", "host_key", "host_key_file", "console", "boot", "known_good",
-        *POWER_KEYS, "labgrid_place", "labgrid_coordinator"}
+        "config", *POWER_KEYS, "labgrid_place", "labgrid_coordinator"}
 COORDINATOR_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[\w.-]+):(?P<port>\d{1,5})$")
 HINT = "see ci/lab.example.toml"
 
@@ -100,6 +104,7 @@ class Box:
     power: dict[str, tuple[str, ...]]       # power_cycle, power_off, power_on: argv
     known_good: str = ""    # `uname -r` of the kernel the box must come back to
     place: Place | None = None      # a labgrid place: taken through its coordinator
+    config: str = "box"     # one of CONFIGS
 
     @property
     def recovery(self) -> str:
@@ -176,6 +181,10 @@ def _box(path: Path, name: str, raw: Any) -> Box:
     if boot not in BOOT_METHODS:
         raise fail("boot", f"unknown boot method {boot!r}",
                    f"choose from {', '.join(BOOT_METHODS)}")
+    config = raw.get("config", "box")
+    if config not in CONFIGS:
+        raise fail("config", f"unknown configuration {config!r}",
+                   f"choose from {', '.join(CONFIGS)}")
     power = {key: _command(raw[key], _at(fail, key)) for key in POWER_KEYS if key in raw}
     if ("power_off" in power) != ("power_on" in power):
         raise fail("power_off" if "power_off" in power else "power_on",
@@ -190,7 +199,7 @@ def _box(path: Path, name: str, raw: Any) -> Box:
                key=Path(raw["key"]).expanduser(), host_key=host_key,
                host_key_file=Path(host_key_file).expanduser() if host_key_file else None,
                console=console, boot=boot,
-               power=power, known_good=raw.get("known_good", ""), place=place)
+               power=power, known_good=raw.get("known_good", ""), config=config, place=place)
 
 
 def _place(raw: dict[str, str],

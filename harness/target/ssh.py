@@ -85,6 +85,10 @@ class HostKeyMismatch(InfraError):
     """Something answered on the forwarded port with a host key other than the pinned one."""
 
 
+class KeyRefused(InfraError):
+    """The server answered with the pinned host key and refused the client key."""
+
+
 @dataclass(frozen=True)
 class Completed:
     status: int     # -1 when the channel closed without an exit status (killed by a signal)
@@ -260,7 +264,7 @@ class GuestSsh:
                 raise
             except paramiko.AuthenticationException as e:
                 client.close()
-                raise InfraError(f"the guest at {host}:{port} refused the harness's ssh key "
+                raise KeyRefused(f"the guest at {host}:{port} refused the harness's ssh key "
                                  f"({e})",
                                  "was the initramfs built with this run's authorized_key?"
                                  ) from None
