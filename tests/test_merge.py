@@ -105,7 +105,7 @@ def test_a_missing_shard_is_named_and_its_cells_did_not_run(
     out = runs / "merged"
     code, stdout, err = _merge(capsys, out, runs / "shard-1-of-2")
     assert code == 1
-    _one_error(err, "shard 2/2 of 2 missing: 1 cell did not run (x86_64-nokaslr); the rest is "
+    _one_error(err, "shard 2/2 is missing: 1 cell did not run (x86_64-nokaslr); the rest is "
                     f"merged into {out}")
     s = _summary(out)
     assert s["shards_missing"] == ["2/2"]
@@ -126,6 +126,25 @@ def test_a_missing_shard_is_named_and_its_cells_did_not_run(
     s = _summary(runs / "whole")
     assert s["shards_missing"] == [] and s["cells_not_run"] == []
     assert [(c["name"], c["verdict"]) for c in s["cells"]] == [(c, "pass") for c in CELLS]
+
+
+def test_several_missing_shards_are_named_in_one_line(
+        runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same two shards, as parts of a split in 4 of four cells: 3/4 and 4/4
+    never came, and their cells are the selection's third and fourth."""
+    selection = [*CELLS, "i386-cpa", "i386-pae-cpa"]
+    arches = {"x86_64-cpa": "x86_64", "x86_64-nokaslr": "x86_64", "i386-cpa": "i386",
+              "i386-pae-cpa": "i386-pae"}
+    for run in ("shard-1-of-2", "shard-2-of-2"):
+        _edit(runs / run, shard_count=4, shard_selection=selection, shard_arches=arches)
+    code, _, err = _merge(capsys, runs / "merged", runs / "shard-1-of-2", runs / "shard-2-of-2")
+    assert code == 1
+    _one_error(err, "shards 3/4, 4/4 are missing: 2 cells did not run (i386-cpa, i386-pae-cpa)")
+    s = _summary(runs / "merged")
+    assert s["shards_missing"] == ["3/4", "4/4"]
+    assert [(c["name"], c["shard"]) for c in s["cells_not_run"]] == [("i386-cpa", "3/4"),
+                                                                     ("i386-pae-cpa", "4/4")]
+    assert [(c["name"], c["arch"]) for c in s["cells"]] == list(arches.items())
 
 
 def test_two_copies_of_one_shard_are_refused(runs: Path,

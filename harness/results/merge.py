@@ -127,8 +127,8 @@ class Merged:
         """One line: which shards are missing, and what that left unrun."""
         lost = [c["name"] for c in self.not_run if c.get("shard") in self.missing]
         shards = ", ".join(self.missing)
-        return (f"shard{'s' if len(self.missing) > 1 else ''} {shards} of "
-                f"{self.missing[0].split('/')[1]} missing: {len(lost)} cell"
+        return (f"shard{'s' if len(self.missing) > 1 else ''} {shards} "
+                f"{'are' if len(self.missing) > 1 else 'is'} missing: {len(lost)} cell"
                 f"{'s' if len(lost) != 1 else ''} did not run ({', '.join(lost[:8])}"
                 f"{', ...' if len(lost) > 8 else ''}); the rest is merged into {out}: "
                 "give every shard's results")
