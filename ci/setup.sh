@@ -83,8 +83,8 @@ if ! .venv/bin/python -c "import $IMPORTS" \
     fi
     touch .venv/.installed
 fi
-# gitlab-ci-local 4.56.2: later releases need a newer Node.js than Debian 12's
-# or this machine's 20; 4.56.2 runs on both.
+# gitlab-ci-local 4.56.2 (tests/test_ci_templates_gitlab_boot.py): later
+# releases need a newer Node.js than 20 (or Debian 12's 18); 4.56.2 runs on both.
 GITLAB_CI_LOCAL=4.56.2
 if [[ "${1:-}" == "--test" ]] && \
         [[ "$(gitlab-ci-local --version 2>/dev/null || true)" != "$GITLAB_CI_LOCAL" ]]; then
