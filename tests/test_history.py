@@ -423,3 +423,55 @@ def test_a_store_from_a_newer_harness(db: Path) -> None:
     with pytest.raises(UserError, match="newer cpa-harness") as e:
         history.list_runs(db)
     assert str(db) in one_line(e.value)
+
+
+OLD_STORE = Path(__file__).parent / "data" / "history" / "v1.sqlite"
+
+
+def test_a_store_from_the_first_schema_is_migrated_and_reads_as_before(tmp_path: Path) -> None:
+    """tests/data/history/v1.sqlite: written by the harness's history code of
+    schema 1 (before cells had a target), recording tests/data/runs/sample."""
+    db = tmp_path / "v1.sqlite"
+    shutil.copyfile(OLD_STORE, db)
+    with sqlite3.connect(OLD_STORE) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (1,)
+        before = [tuple(r) for r in conn.execute("SELECT name, verdict, dm_1g_kb FROM cells")]
+    [run] = history.list_runs(db)
+    assert run["id"] == "sample"
+    with sqlite3.connect(db) as conn:
+        versions = [v for (v,) in conn.execute("SELECT version FROM schema_version")]
+        rows = [tuple(r) for r in conn.execute("SELECT name, verdict, dm_1g_kb FROM cells")]
+        targets = {t for (t,) in conn.execute("SELECT target FROM cells")}
+    assert versions == [1, 2] and rows == before and targets == {None}
+    # and it takes new runs, compared with the old one as ever
+    history.record_run(db, DATA)
+    c = history.compare(db, "sample", "sample")
+    assert not [f for f in c.findings if f.severity == "regression"]
+
+
+LABBOX = Path(__file__).parent / "data" / "runs" / "labbox"
+
+
+def test_times_on_a_lab_box_are_never_compared_with_a_qemu_guests(tmp_path: Path) -> None:
+    """The real box run, and the same cell as a QEMU guest would record it
+    (target kind qemu, accelerator tcg), a minute slower."""
+    db = tmp_path / "h.sqlite"
+    qemu = tmp_path / "qemu-run"
+    shutil.copytree(LABBOX, qemu)
+    path = qemu / "cells" / "x86_64-boot" / "result.json"
+    doc = json.loads(path.read_text())
+    doc["accel"], doc["target"] = "tcg", {"kind": "qemu"}
+    doc["durations"] = {k: v + 60 for k, v in doc["durations"].items()}
+    path.write_text(json.dumps(doc))
+    history.record_run(db, LABBOX)
+    history.record_run(db, qemu)
+    with sqlite3.connect(db) as conn:
+        targets = dict(conn.execute("SELECT run_id, target FROM cells").fetchall())
+    assert targets == {"labbox": "box:labbox", "qemu-run": None}
+    c = history.compare(db, "labbox", "qemu-run")
+    [cell] = c.cells
+    assert "target box:labbox -> qemu: times not compared" in cell.notes
+    assert not [f for f in c.findings if f.kind == "slower"]
+    # the same box, run after run: its times are compared
+    assert not [n for n in history.compare(db, "labbox", "labbox").cells[0].notes
+                if "not compared" in n]

@@ -338,3 +338,11 @@ def test_screenshot(variant_run: Path, tmp_path: Path) -> None:
     width, height = struct.unpack(">II", data[16:24])     # the IHDR chunk
     assert (width, height) == (1200, 1600)
     assert len(data) > 10_000, "a blank page compresses to almost nothing"
+
+
+def test_a_cell_on_a_lab_box_names_the_box(tmp_path: Path) -> None:
+    run = tmp_path / "labbox"
+    shutil.copytree(Path(__file__).parent / "data" / "runs" / "labbox", run)
+    [row] = rendered(run).find_all("tr", class_="cell")
+    cols = {td.attrs["class"].split()[0]: td.text() for td in row.find_all("td")}
+    assert (cols["verdict"], cols["accel"]) == ("pass", "box labbox")

@@ -338,3 +338,25 @@ def test_damaged_result(run: Path) -> None:
     edit(run, CELL, lambda d: d.update(kexec=[], verdict="maybe"))
     with pytest.raises(UserError, match="result.json is not a cell result"):
         kcidb.to_kcidb(run)
+
+
+LABBOX = Path(__file__).parent / "data" / "runs" / "labbox"
+
+
+def test_a_cell_on_a_lab_box_has_the_box_as_its_environment() -> None:
+    """tests/data/runs/labbox: a real CPA cell kexec'd on the simulated box
+    (ci/labbox.sh), whose console server restarted during the cell."""
+    doc = kcidb.to_kcidb(LABBOX)
+    kcidb.validate(doc)
+    cell = by_path(doc)["cpa.x86_64-boot"]
+    assert cell["status"] == "PASS"
+    env = cell["environment"]
+    assert env["comment"].startswith("lab box labbox: QEMU Standard PC (i440FX + PIIX, 1996), "
+                                     "QEMU TCG CPU version 2.5+ (microcode 0x1000065), ")
+    assert "booted by kexec_load" in env["comment"] and "QEMU tcg" not in env["comment"]
+    misc = env["misc"]
+    assert (misc["target"], misc["box"], misc["boot"]) == ("box", "labbox", "kexec_load")
+    assert misc["box_kernel"] == misc["box_back"] == "6.1.0-50-amd64"
+    assert misc["box_gbpages"] is True and misc["kexec_to_ready_s"] > 0
+    assert "cpa_harness.nonce=" in misc["cmdline"]
+    assert "accel" not in misc and "box_back_error" not in misc

@@ -261,8 +261,33 @@ def test_a_drop_seen_by_a_short_wait_is_still_connected_again(tmp_path: Path) ->
     m.reopen = lambda: next(answers)
     time.sleep(0.5)
     m.watch(0.05)
-    assert len(m.gaps) == 1 and "(3 tries)" in m.notes[0]
     m.wait_for(re.compile(rb"back"), 10, "the machine again")
+    assert len(m.gaps) == 1 and "(3 tries)" in m.notes[0]
+    m.close()
+
+
+def test_connections_that_drop_before_they_carry_a_byte_are_one_gap(tmp_path: Path) -> None:
+    """A console server that accepts before it can reach the line, and closes:
+    one gap, from the drop until a connection that works."""
+    m = machine(tmp_path, "sh", "-c", "echo before; exit 0")
+    answers = iter([spawn("sleep 1"), spawn("sleep 1"), spawn("sleep 1; echo after; sleep 30")])
+    m.reopen = lambda: next(answers)
+    m.wait_for(re.compile(rb"after"), 30, "the machine again")
+    [(at, gap)] = m.gaps
+    assert gap >= 2.0, m.gaps       # two accepted connections that dropped, inside it
+    [note] = m.notes
+    assert "(3 tries)" in note
+    m.close()
+    assert m.serial_log.read_text().count("[cpa-harness: the console connection dropped") == 1
+
+
+def test_a_quiet_line_that_stays_up_closes_the_gap(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console, "GAP_SETTLES", 1.0)
+    m = machine(tmp_path, "sh", "-c", "exit 0")
+    m.reopen = lambda: spawn("sleep 30")    # up, and silent
+    m.watch(3)
+    assert len(m.gaps) == 1 and m.gaps[0][1] < 2
     m.close()
 
 

@@ -222,6 +222,14 @@ class CellResult:
         return (f"wbinvd {g['full_flush']} clflush {g['cache_range']} "
                 f"tlb {g['cpa_tlb'] + g['global_tlb']} ipi {g['ipi']}")
 
+    def machine(self) -> str:
+        """Where the cell ran, as a report names it: a lab box by its name,
+        a QEMU guest by its accelerator."""
+        target = self.target or {}
+        if target.get("kind") == "box":
+            return f"box {target.get('box', '?')}"
+        return self.accel
+
     def kexec_summary(self) -> str:
         """Round trips proven (nonce and boot id) and self-tested, of those tried."""
         if not self.kexec:
@@ -308,7 +316,7 @@ def print_table(cells: list[CellResult], out: TextIO) -> None:
         mapped = {k.removeprefix("DirectMap"): v for k, v in dump.items()
                   if k.startswith("DirectMap")} or c.direct_map
         dm = " ".join(f"{k}:{v // 1024}M" for k, v in mapped.items() if v)
-        rows.append((c.name, c.verdict.value.upper(), c.accel or "-",
+        rows.append((c.name, c.verdict.value.upper(), c.machine() or "-",
                      c.selftest_summary(), c.splits_summary(), dm or "-",
                      c.flush_summary(), c.kexec_summary(),
                      f"{c.durations.get('total', 0):.0f}s", c.reason))

@@ -44,7 +44,10 @@ from harness.probes import flush
 from harness.results.cell import Verdict
 from harness.results.rundir import read_json, read_run
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What each version adds to the one before it; a store is brought up to date
+# in one transaction when it is opened. v2: the machine a cell ran on.
+MIGRATIONS = {2: ["ALTER TABLE cells ADD COLUMN target TEXT"]}
 BUSY_TIMEOUT_S = 60.0   # a writer holds the lock for milliseconds; a minute is generous
 
 SCHEMA = """
@@ -70,6 +73,7 @@ CREATE TABLE cells (
     reason TEXT,
     scenario TEXT,
     accel TEXT,
+    target TEXT,                    -- "box:NAME" for a lab box, NULL for a QEMU guest
     cpu TEXT,
     boot_to_ready REAL,
     to_verdict REAL,
@@ -199,6 +203,20 @@ def _ensure_schema(conn: sqlite3.Connection, db: Path) -> None:
         raise UserError(f"{db} was written by a newer cpa-harness (history schema {version}, "
                         f"this one knows up to {SCHEMA_VERSION})",
                         "upgrade cpa-harness or use another database path")
+    if version is not None and version < SCHEMA_VERSION:
+        _migrate(conn, db)
+
+
+def _migrate(conn: sqlite3.Connection, db: Path) -> None:
+    """An older store brought up to this version, all or nothing: what it
+    recorded reads as it did (a cell without a target ran in QEMU)."""
+    conn.execute("BEGIN IMMEDIATE")
+    version = _version(conn, db) or SCHEMA_VERSION     # another process may have done it
+    for v in range(version + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS[v]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (v,))
+    conn.execute("COMMIT")
 
 
 # --- reading a run directory --------------------------------------------------
@@ -269,6 +287,7 @@ def _cell_row(run_id: str, entry: dict[str, Any], doc: dict[str, Any]) -> dict[s
         "reason": _text(doc.get("reason", entry.get("reason", ""))),
         "scenario": _text(doc.get("scenario")),
         "accel": _text(doc.get("accel")),
+        "target": _target(doc.get("target")),
         "cpu": _text(doc.get("cpu")),
         "boot_to_ready": _num(durations.get("boot_to_ready")),
         "to_verdict": _num(durations.get("to_verdict")),
@@ -281,6 +300,12 @@ def _cell_row(run_id: str, entry: dict[str, Any], doc: dict[str, Any]) -> dict[s
     for key, column in DIRECT_MAP_COLUMNS.items():
         row[column] = dump.get(key) if isinstance(dump.get(key), int) else None
     return row
+
+
+def _target(part: object) -> str | None:
+    """The machine a cell ran on, where it is not a QEMU guest of this host."""
+    part = _obj(part)
+    return f"box:{part.get('box')}" if part.get("kind") == "box" else None
 
 
 def _cell_rows(run_dir: Path, run_id: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -632,7 +657,11 @@ def _compare_cell(name: str, a: sqlite3.Row | None, b: sqlite3.Row | None,
     c.metrics = {k: (ma.get(k), mb.get(k)) for k in sorted(ma.keys() | mb.keys())}
     findings += _direct_map_findings(name, c.metrics, t)
     findings += _flush_findings(name, c.metrics, t)
-    if a["accel"] != b["accel"]:
+    if a["target"] != b["target"]:
+        # A lab box against a QEMU guest, or another box: different machines.
+        c.notes.append(f"target {a['target'] or 'qemu'} -> {b['target'] or 'qemu'}: "
+                       "times not compared")
+    elif a["accel"] != b["accel"]:
         # KVM against TCG: the times measure different machines.
         c.notes.append(f"accel {a['accel']} -> {b['accel']}: times not compared")
     else:

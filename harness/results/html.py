@@ -147,7 +147,7 @@ def _verdict_row(index: int, cell: CellResult) -> str:
     return (f'<tr class="cell" data-cell="{_e(cell.name)}" data-verdict="{escape(verdict)}">'
             f'<td class="name"><a href="#dm-{index}">{_e(cell.name)}</a></td>'
             f'<td class="verdict v-{escape(verdict)}">{escape(verdict)}</td>'
-            f'<td class="accel">{_e(cell.accel)}</td>'
+            f'<td class="accel">{_e(cell.machine())}</td>'
             f'<td class="selftest">{escape(passes)}</td>'
             f'<td class="kexec num">{cell.kexec_summary()}</td>'
             f'<td class="flush">{_flush_cell(cell)}</td>'

@@ -213,6 +213,9 @@ def _build(ident: str, checkout_id: str, run_dir: Path,
 # ---- tests ------------------------------------------------------------------------------
 
 def _environment(cell: CellResult) -> dict[str, Any]:
+    target = cell.target or {}
+    if target.get("kind") == "box":
+        return _box_environment(cell, target)
     env: dict[str, Any] = {}
     if cell.accel:
         env["comment"] = _text(f"QEMU {cell.accel}, -cpu {cell.cpu}, {cell.memory_mb} MiB, "
@@ -223,6 +226,30 @@ def _environment(cell: CellResult) -> dict[str, Any]:
     for key in ("cpu_model", "hypervisor"):
         _put(misc, f"guest_{key}", getattr(cell.guest, key, None))
     _put(env, "misc", misc)
+    return env
+
+
+def _box_environment(cell: CellResult, target: dict[str, Any]) -> dict[str, Any]:
+    """A lab box is the test environment: who it said it is, and how the
+    kernel under test reached it."""
+    who = target.get("identity") or {}
+    machine = " ".join(filter(None, (who.get("vendor"), who.get("product")))) or "?"
+    memory = f"{who['memory_kb'] // 1024} MiB" if who.get("memory_kb") else "? MiB"
+    env: dict[str, Any] = {"comment": _text(
+        f"lab box {target.get('box')}: {machine}, {who.get('cpu_model') or '?'} "
+        f"(microcode {who.get('microcode') or '?'}), {memory}; booted by "
+        f"{target.get('boot')}, cmdline: {target.get('cmdline') or cell.cmdline}")}
+    misc: dict[str, Any] = {"target": "box"}
+    for key in ("box", "boot", "recovery", "kexec_to_ready_s"):
+        _put(misc, key, target.get(key))
+    for key in ("vendor", "product", "cpu_model", "microcode", "memory_kb", "kernel"):
+        _put(misc, f"box_{key}", who.get(key))
+    _put(misc, "box_gbpages", "pdpe1gb" in who.get("cpu_flags", []) if who else None)
+    _put(misc, "cmdline", target.get("cmdline") or cell.cmdline)
+    back = target.get("back") or {}
+    _put(misc, "box_back", back.get("kernel"))
+    _put(misc, "box_back_error", back.get("error"))
+    env["misc"] = misc
     return env
 
 

@@ -61,6 +61,9 @@ RECONNECT_HOLDS = 0.5
 # ...for this long, whatever the wait that saw the drop (the drain's waits
 # are short): a console server restarting, a network blip.
 RECONNECT_FOR = 120.0
+# A connection made again is the end of the gap once bytes come through it or
+# it stays up this long; one that drops before is part of the same gap.
+GAP_SETTLES = 5.0
 
 
 class _Tee:
@@ -108,6 +111,8 @@ class Console:
         self.reopen: Callable[[], pexpect.spawn | None] | None = None
         self.gaps: list[tuple[float, float]] = []   # (lost at, seconds) after start
         self.ready_at: float | None = None      # time.monotonic() of the last ready marker
+        self._gap: tuple[float, int] | None = None  # (lost at, tries) until it proves itself
+        self._gap_made = 0.0
         self.started = 0.0
         self.last_output = 0.0
         self.cell_deadline: float | None = None   # time.monotonic() by which all waits end
@@ -139,6 +144,7 @@ class Console:
 
     def close(self) -> None:
         """Close the line and the log; what the log holds is kept."""
+        self._gap_closed()
         try:
             if self.child is not None:
                 if self.child.isalive():
@@ -155,6 +161,8 @@ class Console:
         self.child.send(data)
 
     def _feed(self, data: bytes) -> None:
+        if self._gap is not None:
+            self._gap_closed()      # before these bytes, in the log as in time
         self.last_output = time.monotonic()
         self.view.feed(data)
         self._handle(self.parser.feed(data))
@@ -247,6 +255,8 @@ class Console:
                 # the view (logfile_read); matching is done on the view.
                 self.child.read_nonblocking(65536, timeout=min(SLICE, left))
             except pexpect.TIMEOUT:
+                if self._gap is not None and time.monotonic() - self._gap_made > GAP_SETTLES:
+                    self._gap_closed()      # a quiet line that stays up is back
                 self.view.trim(KEEP)
                 if time.monotonic() - self.last_output > QUIET_FLUSH:
                     self._handle(self.parser.flush())
@@ -263,17 +273,19 @@ class Console:
 
     def _reconnect(self) -> bool:
         """The line dropped: connect it again, for RECONNECT_FOR at most (and
-        never past the cell's deadline), and record the gap in the serial log
-        and the notes. Whether it is back."""
+        never past the cell's deadline). Whether it is back. The gap is
+        recorded once the new connection proves itself (_gap_closed)."""
         if self.reopen is None:
             return False
         assert self.child is not None and self._log is not None
-        lost = time.monotonic()
-        deadline = lost + RECONNECT_FOR
+        # A connection that dropped before it proved itself (a console server
+        # that accepts, then finds it cannot reach the line yet) is the same gap.
+        lost, tries = self._gap or (time.monotonic(), 0)
+        self._gap = None
+        deadline = time.monotonic() + RECONNECT_FOR
         if self.cell_deadline is not None:
             deadline = min(deadline, self.cell_deadline)
         self.child.close(force=True)
-        tries = 0
         while time.monotonic() < deadline:
             tries += 1
             child = self.reopen()
@@ -281,16 +293,8 @@ class Console:
                 return False
             time.sleep(RECONNECT_HOLDS)
             if child.isalive():
-                gap = time.monotonic() - lost
-                self.gaps.append((round(lost - self.started, 1), round(gap, 1)))
-                text = (f"the console connection dropped; connected again after {gap:.1f}s "
-                        f"({tries} tries): what the machine printed meanwhile is lost")
-                # Into the log, not the parser: the harness's words are not the kernel's.
-                # A line the drop cut short is ended first, for the parser as for a reader.
-                with contextlib.suppress(OSError):
-                    self._log.write(f"\n[cpa-harness: {text}]\n".encode())
-                self._feed(b"\n")
-                self.note(text)
+                self._gap = (lost, tries)
+                self._gap_made = time.monotonic()
                 self.child = child
                 child.logfile_read = _Tee(self._log, self)
                 return True
@@ -299,6 +303,26 @@ class Console:
         self.note(f"the console connection dropped; not connected again within "
                   f"{time.monotonic() - lost:.0f}s ({tries} tries)")
         return False
+
+    def _gap_closed(self) -> None:
+        """The new connection carried bytes, or stayed up GAP_SETTLES: the gap
+        goes into the serial log (not the parser: the harness's words are not
+        the kernel's), the notes and `gaps`."""
+        if self._gap is None:
+            return
+        (lost, tries), self._gap = self._gap, None
+        gap = self._gap_made - lost
+        self.gaps.append((round(lost - self.started, 1), round(gap, 1)))
+        text = (f"the console connection dropped; connected again after {gap:.1f}s "
+                f"({tries} {'try' if tries == 1 else 'tries'}): what the machine printed "
+                "meanwhile is lost")
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.write(f"\n[cpa-harness: {text}]\n".encode())
+        # A line the drop cut short ends here, for the parser as for a reader.
+        self.view.feed(b"\n")
+        self._handle(self.parser.feed(b"\n"))
+        self.note(text)
 
     def _search(self, pattern: re.Pattern[bytes], start: int,
                 since: int) -> re.Match[bytes] | None:
