@@ -321,16 +321,17 @@ def _run_options(args: argparse.Namespace, kexec_target: Path | None) -> RunOpti
 
 
 def _check_targets(cells: list[Cell], opts: RunOptions) -> None:
-    """Every box a cell names is in the lab file: found before anything builds."""
+    """Every box a cell names is in the lab file, and of the cell's arch:
+    found before anything builds."""
     from harness.target import lab
-    names = {opts.target} if opts.target else {c.target for c in cells if c.target}
-    if not names:
+    on = [(c, opts.target or c.target) for c in cells if opts.target or c.target]
+    if not on:
         return
     if opts.lab is None:
-        raise UserError(f"target {sorted(names)[0]!r} needs a lab file", "add --lab FILE")
+        raise UserError(f"target {on[0][1]!r} needs a lab file", "add --lab FILE")
     boxes = lab.load(opts.lab)
-    for name in sorted(names):
-        boxes.box(name)
+    for cell, name in on:
+        boxes.box(name).check_arch(cell.name, cell.arch)
 
 
 def _out_dir(out: Path | None) -> Path:

@@ -261,9 +261,7 @@ def _box(cell: Cell, opts: RunOptions, memo: dict[Any, Any]) -> lab.Box | None:
         raise UserError(f"cell {cell.name} runs on target {name!r}, but no lab file was given",
                         "add --lab FILE (ci/lab.example.toml shows one)")
     box = _once(memo, ("lab", opts.lab), partial(lab.load, opts.lab)).box(name)
-    if box.arch != cell.arch:
-        raise UserError(f"cell {cell.name} is {cell.arch}, box {name!r} is {box.arch}",
-                        "give the box an arch its kernel can boot, or the cell that arch")
+    box.check_arch(cell.name, cell.arch)
     return box
 
 

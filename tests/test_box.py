@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,50 @@ def test_doctor_does_not_connect_to_a_box_a_cell_has(tmp_path: Path,
     out, _ = capsys.readouterr()
     assert code == 3
     assert "PROBLEM  b: in use by a cell on this host: not connected" in out
+
+
+class FakeSsh:
+    """The box over ssh, answering IDENTIFY from a capture; it records every command."""
+
+    def __init__(self, identify: str, commands: list[str]) -> None:
+        self.identify, self.commands = identify, commands
+
+    def __enter__(self) -> FakeSsh:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def runner(self, timeout: float) -> Callable[[str], tuple[int, str]]:
+        def run(command: str) -> tuple[int, str]:
+            self.commands.append(command)
+            return (0, self.identify) if command == box.IDENTIFY else (1, "not expected")
+        return run
+
+
+@pytest.mark.parametrize("drop,message", [
+    ("kexec_loaded=", "box 'b': its kernel 6.1.0-50-amd64 has no kexec support: boot a "
+                      "known-good kernel built with CONFIG_KEXEC"),
+    ("kexec=", "box 'b' has no kexec-tools: apt install kexec-tools on it"),
+])
+def test_a_box_that_cannot_kexec_is_one_line_and_left_as_found(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drop: str, message: str) -> None:
+    from harness.errors import UserError
+    from harness.target.base import Timeouts
+    from harness.target.box_target import BoxTarget, Health
+    monkeypatch.setenv("CPA_HARNESS_CACHE", str(tmp_path / "cache"))
+    out = (DATA / "identify-labbox.txt").read_text()
+    out = "\n".join(ln for ln in out.splitlines() if not ln.startswith(drop))
+    commands: list[str] = []
+    monkeypatch.setattr(box, "connect", lambda b, seconds: FakeSsh(out, commands))
+    health = Health()
+    target = BoxTarget(a_box(tmp_path, "true"), tmp_path / "bzImage", tmp_path / "initrd", "",
+                       tmp_path / "serial.log", None,
+                       Timeouts(boot=5, first_pass=5, command=5, ssh=3), health)
+    with pytest.raises(UserError) as e:
+        target.start()
+    assert e.value.line() == message
+    # identified, and nothing else: no copy, no kexec, no power, not unhealthy
+    assert commands == [box.IDENTIFY] and health.unhealthy == {}
+    with box.taken(target.box, wait=False):    # and given back
+        pass

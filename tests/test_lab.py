@@ -133,6 +133,10 @@ def test_doctor_on_a_bad_lab_file_is_one_line(tmp_path: Path,
 @pytest.mark.parametrize("argv,message", [
     (["--target", "b"], "target 'b' needs a lab file: add --lab FILE"),
     (["--target", "nope", "--lab", "LAB"], "target 'nope' is not in lab file"),
+    # a kernel the box cannot boot: built for another arch
+    (["--target", "b", "--lab", "LAB", "--arch", "i386-pae"],
+     "cell i386-pae-boot is i386-pae, box 'b' is x86_64: give the box an arch its kernel "
+     "can boot"),
 ])
 def test_a_target_that_cannot_be_used_is_one_line_before_any_build(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
@@ -141,7 +145,9 @@ def test_a_target_that_cannot_be_used_is_one_line_before_any_build(
     monkeypatch.setenv("CPA_HARNESS_CACHE", str(tmp_path / "cache"))
     (tmp_path / "lab.toml").write_text(BOX)
     argv = [str(tmp_path / "lab.toml") if a == "LAB" else a for a in argv]
-    code = main(["boot", "--arch", "x86_64", "--out", str(tmp_path / "run"), *argv])
+    if "--arch" not in argv:
+        argv += ["--arch", "x86_64"]
+    code = main(["boot", "--out", str(tmp_path / "run"), *argv])
     out, err = capsys.readouterr()
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
     assert not (tmp_path / "cache").exists()       # nothing was built

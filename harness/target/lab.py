@@ -106,6 +106,12 @@ class Box:
     place: Place | None = None      # a labgrid place: taken through its coordinator
     config: str = "box"     # one of CONFIGS
 
+    def check_arch(self, cell: str, arch: str) -> None:
+        """A kernel for another arch is one the box cannot boot: said before it is built."""
+        if arch != self.arch:
+            raise UserError(f"cell {cell} is {arch}, box {self.name!r} is {self.arch}",
+                            "give the box an arch its kernel can boot, or the cell that arch")
+
     @property
     def recovery(self) -> str:
         """How a box that stops answering is brought back, as the report says it."""
