@@ -445,8 +445,10 @@ def test_init_is_valid_sh_and_prints_the_markers() -> None:
     assert 'mark "CPA-HARNESS-HOSTKEY nonce=$nonce $line"' in text
     assert 'echo "<11>$*" > /dev/kmsg' in text
     assert "dropbear -R -s -E -p 22" in text
-    assert "ip addr add 10.0.2.15/24 dev eth0" in text
-    assert "ip route add default via 10.0.2.2" in text
+    # QEMU's user network by default, a lab box's own address when given
+    assert "dev=eth0 addr=10.0.2.15/24 gw=10.0.2.2" in text
+    assert 'ip addr add "$addr" dev "$dev"' in text and "cpa_harness.net=*" in text
+    assert 'ip route add default via "$gw"' in text
     assert "set -e" not in text.replace("'set -e'", "")
 
 
