@@ -8,11 +8,13 @@ that must not depend on the harness's own cleanup code running.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -46,3 +48,29 @@ def kill_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: flo
         except ProcessLookupError:
             pass
         proc.wait()
+
+
+@contextlib.contextmanager
+def interrupts_held(say: Callable[[str], None] = lambda text: None) -> Iterator[None]:
+    """Ctrl-C and SIGTERM held until the block is done, then delivered: for
+    work that must not stop halfway (a lab box between power_off and power_on,
+    or on its way back to its known-good kernel). Only the main thread gets
+    signals, so elsewhere this holds nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        if not held:
+            say("interrupted: finishing first, so that nothing is left halfway")
+        held.append(signum)
+
+    before = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        if held:
+            signal.raise_signal(held[0])

@@ -32,7 +32,7 @@ from harness.results.cell import CellResult, Verdict, write_cell, write_summary
 from harness.scenarios import cpa, kexec, selfcheck
 from harness.scenarios.context import CellContext
 from harness.target import box as boxes
-from harness.target import box_target, lab, qemu
+from harness.target import box_target, lab, labgrid_place, qemu
 from harness.target.base import Fleet, Targets, Timeouts
 from harness.target.ssh import generate_client_key
 from harness.target.vm import QemuTargets
@@ -193,8 +193,9 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
         return b
 
     def own_config(box: lab.Box) -> tuple[Path, Path]:
-        got = boxes.own_config(box, Timeouts.for_accel("tcg").ssh, run_dir / "boxes" /
-                               box.name)
+        with labgrid_place.held(box) as held:
+            got = boxes.own_config(held, Timeouts.for_accel("tcg").ssh,
+                                   run_dir / "boxes" / box.name)
         say(out, f"box {box.name}: its own kernel configuration and lsmod read into "
                  f"{got[0].parent}")
         return got

@@ -49,11 +49,26 @@ def test_identity_of_the_simulated_box() -> None:
     assert box.BoxIdentity.from_json(who.to_json()) == who
 
 
-def test_a_box_without_a_default_route_gives_the_kernel_under_test_no_address() -> None:
+def test_a_box_with_no_way_back_gives_the_kernel_under_test_no_address() -> None:
     out = (DATA / "identify-labbox.txt").read_text()
-    out = "\n".join(ln for ln in out.splitlines() if not ln.startswith("default via"))
+    out = "\n".join(ln for ln in out.splitlines()
+                    if not ln.startswith(("default via", "back ")))
     who = box.identify(lambda command: (0, out))
     assert who.net == {} and who.net_cmdline() == ""
+
+
+def test_the_address_is_the_one_the_harness_reached_the_box_by() -> None:
+    """A box on two links: reached over its management NIC (eth1, no gateway:
+    the host is on that subnet), its default route on eth0."""
+    out = (DATA / "identify-labbox.txt").read_text()
+    out = out.replace("back 10.0.2.2 dev eth0 src 10.0.2.15", "back 192.0.2.1 dev eth1 src "
+                      "192.0.2.7")
+    out += ("3: eth1    inet 192.0.2.7/28 brd 192.0.2.15 scope global eth1\n"
+            "link eth1 52:54:00:ab:cd:ef\n")
+    who = box.identify(lambda command: (0, out))
+    assert who.net == {"dev": "eth1", "mac": "52:54:00:ab:cd:ef", "address": "192.0.2.7/28",
+                       "gateway": ""}
+    assert who.net_cmdline() == "cpa_harness.net=52:54:00:ab:cd:ef,192.0.2.7/28"
 
 
 def test_identity_recorded_before_the_net_section_still_reads() -> None:
@@ -180,3 +195,30 @@ def test_a_box_that_cannot_kexec_is_one_line_and_left_as_found(
     assert commands == [box.IDENTIFY] and health.unhealthy == {}
     with box.taken(target.box, wait=False):    # and given back
         pass
+
+
+def test_the_module_list_keys_the_build_by_names_alone() -> None:
+    raw = (DATA / "lsmod-labbox.txt").read_text()
+    header, *rows = raw.splitlines()
+    listed = box._module_list(raw)
+    # another boot: the same modules loaded in another order, with other use counts
+    again = box._module_list("\n".join([header, *reversed(rows)]).replace(" 1 ", " 3 ") + "\n")
+    assert listed == again
+    names = [ln.split()[0] for ln in listed.splitlines()[1:]]
+    assert names == sorted(names) and {"virtio_net", "virtio_blk", "ext4"} <= set(names)
+    assert len(names) == len(rows)
+
+
+def test_an_interrupt_while_a_box_is_brought_back_waits_until_it_is_back() -> None:
+    import os
+    import signal
+
+    from harness.proc import interrupts_held
+    done, said = [], []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held(said.append):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            done.append("power_on")         # not cut short
+    assert done == ["power_on"] and len(said) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

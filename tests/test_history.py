@@ -442,7 +442,7 @@ def test_a_store_from_the_first_schema_is_migrated_and_reads_as_before(tmp_path:
         versions = [v for (v,) in conn.execute("SELECT version FROM schema_version")]
         rows = [tuple(r) for r in conn.execute("SELECT name, verdict, dm_1g_kb FROM cells")]
         targets = {t for (t,) in conn.execute("SELECT target FROM cells")}
-    assert versions == [1, 2] and rows == before and targets == {None}
+    assert versions == [1, 2] and rows == before and targets == {None}   # QEMU cells
     # and it takes new runs, compared with the old one as ever
     history.record_run(db, DATA)
     c = history.compare(db, "sample", "sample")
@@ -475,3 +475,15 @@ def test_times_on_a_lab_box_are_never_compared_with_a_qemu_guests(tmp_path: Path
     # the same box, run after run: its times are compared
     assert not [n for n in history.compare(db, "labbox", "labbox").cells[0].notes
                 if "not compared" in n]
+
+
+def test_box_cells_of_the_first_schema_are_on_an_unknown_box(tmp_path: Path) -> None:
+    """Schema 1 recorded accel "box" but not which box: never taken for another
+    box's, so their times are not compared."""
+    db = tmp_path / "v1.sqlite"
+    shutil.copyfile(OLD_STORE, db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE cells SET accel = 'box'")
+    history.list_runs(db)
+    with sqlite3.connect(db) as conn:
+        assert {t for (t,) in conn.execute("SELECT target FROM cells")} == {"box:?"}

@@ -250,7 +250,35 @@ def test_a_line_that_stays_down_ends_the_wait_with_the_targets_account(
     with pytest.raises(GuestExited):
         m.wait_for(re.compile(rb"never"), 1, "the machine again")
     assert 4 <= time.monotonic() - start < 9
-    assert m.gaps == [] and "not connected again within" in m.notes[-1]
+    # the gap that did not end is recorded too, in the log as in the notes
+    [(at, gap)] = m.gaps
+    assert gap >= 4 and "not connected again within 4s" in m.notes[-1]
+    assert "[cpa-harness: the console connection dropped; not connected again" in \
+        m.serial_log.read_text()
+
+
+def test_a_server_that_keeps_dropping_is_given_up_on(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Accepts, holds a second, drops: the reconnection budget runs from the
+    first drop, not from each."""
+    monkeypatch.setattr(console, "RECONNECT_FOR", 4.0)
+    m = machine(tmp_path, "sh", "-c", "exit 0")
+    m.reopen = lambda: spawn("sleep 1")
+    start = time.monotonic()
+    with pytest.raises(GuestExited):
+        m.wait_for(re.compile(rb"never"), 30, "the machine again")
+    assert time.monotonic() - start < 12
+    assert "not connected again within" in m.notes[-1]
+
+
+def test_a_wait_a_drop_overlapped_is_not_a_hang(tmp_path: Path) -> None:
+    """The marker may have come while nobody listened: an infrastructure error."""
+    from harness.target.console import MaybeInGap
+    m = machine(tmp_path, "sh", "-c", "exit 0")
+    m.reopen = lambda: spawn("sleep 30")        # back, and silent
+    with pytest.raises(MaybeInGap, match="the console connection dropped meanwhile"):
+        m.wait_for(re.compile(rb"never"), 3, "ready marker")
+    m.close()
 
 
 def test_a_drop_seen_by_a_short_wait_is_still_connected_again(tmp_path: Path) -> None:

@@ -341,7 +341,9 @@ def _from_machine(req: BuildRequest, config: Path, log: Path) -> None:
         raise InfraError(f"cannot copy {req.base_config}: {e.strerror}") from None
     _make(req, config.parent, ["olddefconfig"], log, quiet=True)
     if req.lsmod is not None:     # without it, localyesconfig would read this host's
-        _make(req, config.parent, [f"LSMOD={req.lsmod}", "localyesconfig"], log, quiet=True)
+        # absolute: make runs the script in the build directory
+        _make(req, config.parent, [f"LSMOD={req.lsmod.resolve()}", "localyesconfig"], log,
+              quiet=True)
 
 
 def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,

@@ -47,7 +47,9 @@ from harness.results.rundir import read_json, read_run
 SCHEMA_VERSION = 2
 # What each version adds to the one before it; a store is brought up to date
 # in one transaction when it is opened. v2: the machine a cell ran on.
-MIGRATIONS = {2: ["ALTER TABLE cells ADD COLUMN target TEXT"]}
+MIGRATIONS = {2: ["ALTER TABLE cells ADD COLUMN target TEXT",
+                  # schema 1 did not say which box: never the same one as another's
+                  "UPDATE cells SET target = 'box:?' WHERE accel = 'box'"]}
 BUSY_TIMEOUT_S = 60.0   # a writer holds the lock for milliseconds; a minute is generous
 
 SCHEMA = """

@@ -98,6 +98,7 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
     ended: dict[str, Any] = {}      # how the machine stopped, when it stopped early
     try:
         target.start()
+        res.cmdline = target.kernel_cmdline()   # as booted: a box adds its own words
         res.boot_id = sh.boot(t.boot, t.ssh)
         res.durations["boot_to_ready"] = time.monotonic() - start
         if sh.access:

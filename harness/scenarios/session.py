@@ -119,6 +119,7 @@ def run(cell: Cell, ctx: CellContext, run_dir: Path, mode: str, out: TextIO) -> 
     interrupted = False
     try:
         target.start()
+        res.cmdline = target.kernel_cmdline()   # as booted: a box adds its own words
         out.write(f"booting {cell.name} ({ctx.accel}); serial log {res.serial_log}\n")
         out.flush()
         res.boot_id = sh.boot(t.boot, t.ssh)
@@ -158,7 +159,13 @@ def run(cell: Cell, ctx: CellContext, run_dir: Path, mode: str, out: TextIO) -> 
         interrupted = True
         steps = Outcome(Verdict.NOT_RUN, "the session was interrupted (Ctrl-C)")
     finally:
-        analysis = cpa.finish(target, ctx)
+        try:
+            analysis = cpa.finish(target, ctx)
+        except KeyboardInterrupt:
+            # Ctrl-C while the machine was given back: held until it was
+            interrupted = True
+            steps = Outcome(Verdict.NOT_RUN, "the session was interrupted (Ctrl-C)")
+            analysis = target.console.finish()
         res.target = target.describe()
         res.durations["total"] = time.monotonic() - start
     read_console(analysis, ctx.known, cell.arch).fill(res)

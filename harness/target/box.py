@@ -43,6 +43,9 @@ IDENTIFY = ("for f in sys_vendor product_name; do "
             "echo '--- e820'; dmesg 2>/dev/null | grep -E 'BIOS-e820: |e820: update|e820: remove'; "
             # the address the kernel under test takes over (guest/init: cpa_harness.net=)
             "echo '--- net'; ip -o -4 route show default; ip -o -4 addr show scope global; "
+            # the way back to this host, which is what matters on a box with several links
+            "[ -n \"$SSH_CONNECTION\" ] && echo \"back $(ip -o -4 route get "
+            "${SSH_CONNECTION%% *} 2>/dev/null)\"; "
             "for d in /sys/class/net/*; do echo \"link ${d##*/} $(cat $d/address)\"; done")
 MICROCODE_RE = re.compile(r"^microcode\s*:\s*(\S+)", re.M)
 MEMTOTAL_RE = re.compile(r"^MemTotal:\s+(\d+) kB", re.M)
@@ -53,6 +56,9 @@ ROUTE_RE = re.compile(r"^default via (\S+) dev (\S+)", re.M)
 # "2: eth0    inet 10.0.2.15/24 brd 10.0.2.255 scope global dynamic eth0\ ..."
 ADDR_RE = re.compile(r"^\d+:\s+(\S+)\s+inet (\S+)", re.M)
 LINK_RE = re.compile(r"^link (\S+) ([0-9a-f:]{17})$", re.M)
+# "back 10.0.2.2 dev eth0 src 10.0.2.15 uid 0 \    cache" (via GATEWAY when routed)
+BACK_RE = re.compile(r"^back \S+ (?:via (?P<via>\S+) )?dev (?P<dev>\S+) .*?src (?P<src>\S+)",
+                     re.M)
 
 
 @dataclass
@@ -104,12 +110,19 @@ def identify(run: Runner) -> BoxIdentity:
 
 
 def _net(text: str) -> dict[str, str]:
-    """The interface that carries the default route, with its address and MAC."""
-    route = ROUTE_RE.search(text)
-    if route is None:
+    """The interface the harness reached the box through (else the default
+    route's), with its address and MAC, and the gateway on it."""
+    back, default = BACK_RE.search(text), ROUTE_RE.search(text)
+    if back is not None:
+        dev, src = back["dev"], back["src"]
+        gateway = back["via"] or (default[1] if default and default[2] == dev else "")
+        addr = next((a for d, a in ADDR_RE.findall(text)
+                     if d == dev and a.split("/")[0] == src), "")
+    elif default is not None:
+        gateway, dev = default.groups()
+        addr = next((a for d, a in ADDR_RE.findall(text) if d == dev), "")
+    else:
         return {}
-    gateway, dev = route.groups()
-    addr = next((a for d, a in ADDR_RE.findall(text) if d == dev), "")
     mac = next((m for d, m in LINK_RE.findall(text) if d == dev), "")
     return {"dev": dev, "mac": mac, "address": addr, "gateway": gateway}
 
@@ -177,10 +190,16 @@ OWN_CONFIG = ("{ zcat /proc/config.gz 2>/dev/null || cat \"/boot/config-$(uname 
 
 
 def own_config(box: Box, seconds: float, into: Path) -> tuple[Path, Path]:
-    """The box's own kernel configuration and `lsmod`, read over ssh (with the
-    box taken, so no cell's kernel under test answers instead) into `into`."""
-    with taken(box), connect(box, seconds) as ssh:
+    """The box's own kernel configuration and `lsmod`, read over ssh into
+    `into`. The caller holds the box (labgrid_place.held()), so no cell's
+    kernel under test answers instead; and it must be the known-good kernel's."""
+    with connect(box, seconds) as ssh:
         run = ssh.runner(seconds)
+        status, kernel = run("uname -r")
+        if box.known_good and kernel.strip() != box.known_good:
+            raise InfraError(f"box {box.name!r} runs {kernel.strip()}, not its known-good "
+                             f"kernel {box.known_good}: its configuration is not read",
+                             "boot it back by hand, or correct known_good in the lab file")
         status, config = run(OWN_CONFIG)
         if status != 0 or "CONFIG_" not in config:
             raise UserError(f"box {box.name!r}: its kernel's configuration is neither in "
@@ -192,8 +211,17 @@ def own_config(box: Box, seconds: float, into: Path) -> tuple[Path, Path]:
                              f"{mods.strip()[-200:]}")
     into.mkdir(parents=True, exist_ok=True)
     write_atomic(into / "config", config)
-    write_atomic(into / "lsmod", mods)
+    write_atomic(into / "lsmod", _module_list(mods))
     return into / "config", into / "lsmod"
+
+
+def _module_list(lsmod: str) -> str:
+    """lsmod's modules, sorted and without sizes or users: its row order and
+    use counts change from boot to boot, and the build key is taken from this.
+    localyesconfig reads only the names (scripts/kconfig/streamline_config.pl)."""
+    lines = lsmod.splitlines()
+    names = sorted({ln.split()[0] for ln in lines[1:] if ln.split()})
+    return "Module                  Size  Used by\n" + "".join(f"{n} 0 0\n" for n in names)
 
 
 class ConsoleLine:

@@ -88,6 +88,11 @@ class _Tee:
         self.log.flush()
 
 
+class MaybeInGap(InfraError):
+    """A wait ran out while the console was disconnected for part of it: what
+    it waited for may have come in the gap. Not the kernel's fault."""
+
+
 def _closed() -> Ending:
     return Ending("", True, "the console connection closed")
 
@@ -112,6 +117,7 @@ class Console:
         self.gaps: list[tuple[float, float]] = []   # (lost at, seconds) after start
         self.ready_at: float | None = None      # time.monotonic() of the last ready marker
         self._gap: tuple[float, int] | None = None  # (lost at, tries) until it proves itself
+        self.dropped_at: float | None = None    # time.monotonic() of the last drop
         self._gap_made = 0.0
         self.started = 0.0
         self.last_output = 0.0
@@ -141,6 +147,12 @@ class Console:
         self.child = child
         child.logfile_read = _Tee(self._log, self)
         self.started = self.last_output = time.monotonic()
+
+    def reattach(self, child: pexpect.spawn) -> None:
+        """The same line through a new connection: the log and clocks go on."""
+        assert self._log is not None
+        self.child = child
+        child.logfile_read = _Tee(self._log, self)
 
     def close(self) -> None:
         """Close the line and the log; what the log holds is kept."""
@@ -232,6 +244,7 @@ class Console:
         if backstop:
             deadline = self.cell_deadline or deadline
         start = searched = self._cursor if since is None else since
+        began = time.monotonic()
         while True:
             self._check_fatal()
             # Markers are single lines: only lines completed since the last
@@ -249,6 +262,11 @@ class Console:
                 if backstop:
                     raise CellDeadline(f"the cell's deadline passed while waiting for {what}",
                                        "the host may be overloaded; see the serial log")
+                if self.dropped_at is not None and self.dropped_at >= began:
+                    # What was awaited may have come while nobody heard it.
+                    raise MaybeInGap(f"no {what} within {timeout:.0f}s, and the console "
+                                     "connection dropped meanwhile: it may have come in the "
+                                     "gap", f"see {self.serial_log} and the console server")
                 raise GuestHang(what, timeout)
             try:
                 # Read through pexpect so the bytes reach the log, the parser and
@@ -282,26 +300,41 @@ class Console:
         # that accepts, then finds it cannot reach the line yet) is the same gap.
         lost, tries = self._gap or (time.monotonic(), 0)
         self._gap = None
-        deadline = time.monotonic() + RECONNECT_FOR
+        self.dropped_at = time.monotonic()
+        # From the first drop: a server that keeps accepting and dropping is
+        # given up on as surely as one that refuses.
+        deadline = lost + RECONNECT_FOR
         if self.cell_deadline is not None:
             deadline = min(deadline, self.cell_deadline)
         self.child.close(force=True)
         while time.monotonic() < deadline:
             tries += 1
-            child = self.reopen()
-            if child is None:       # the target ended it
+            reopen = self.reopen
+            child = reopen() if reopen is not None else None
+            if child is None:       # the target ended it: not the console's doing
                 return False
             time.sleep(RECONNECT_HOLDS)
+            if self.reopen is None:     # ended meanwhile (aborted): the line stays closed
+                child.close(force=True)
+                return False
             if child.isalive():
                 self._gap = (lost, tries)
                 self._gap_made = time.monotonic()
-                self.child = child
-                child.logfile_read = _Tee(self._log, self)
+                self.reattach(child)
                 return True
             child.close(force=True)
             time.sleep(max(0.0, min(RECONNECT_EVERY, deadline - time.monotonic())))
-        self.note(f"the console connection dropped; not connected again within "
-                  f"{time.monotonic() - lost:.0f}s ({tries} tries)")
+        return self._gave_up(lost, tries, f"not connected again within "
+                                          f"{time.monotonic() - lost:.0f}s")
+
+    def _gave_up(self, lost: float, tries: int, why: str) -> bool:
+        self.gaps.append((round(lost - self.started, 1), round(time.monotonic() - lost, 1)))
+        text = f"the console connection dropped; {why} ({tries} tries)"
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.write(f"\n[cpa-harness: {text}]\n".encode())
+                self._log.flush()
+        self.note(text)
         return False
 
     def _gap_closed(self) -> None:
@@ -339,7 +372,7 @@ class Console:
         never = re.compile(rb"(?!x)x")
         try:
             self.wait_for(never, seconds, "console output")
-        except GuestHang:
+        except (GuestHang, MaybeInGap):     # nothing awaited: a drop is only a gap
             pass
 
     def wait_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
@@ -362,7 +395,8 @@ class Console:
         try:
             m = self.wait_for(ready_re(self.nonce if nonce is None else nonce), timeout,
                               "ready marker from the guest's init")
-            self.ready_at = time.monotonic()
+            if self.ready_at is None:   # the kernel under test's own boot, not a kexec trip's
+                self.ready_at = time.monotonic()
             return m
         except GuestHang:
             seen = self.kernel_seen()

@@ -264,6 +264,11 @@ class GuestSsh:
                 raise
             except paramiko.AuthenticationException as e:
                 client.close()
+                if "timeout" in str(e).lower() or "EOF" in str(e):
+                    # A server too busy to finish, or restarting: not a refusal
+                    last = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+                    time.sleep(min(RETRY_PAUSE, max(0.0, deadline - time.monotonic())))
+                    continue
                 raise KeyRefused(f"the guest at {host}:{port} refused the harness's ssh key "
                                  f"({e})",
                                  "was the initramfs built with this run's authorized_key?"
