@@ -1,6 +1,7 @@
 #!/bin/bash
 # A simulated lab box that the harness does not start: a QEMU VM (TCG) whose
-# disk holds stock Debian 12 (its own kernel, systemd, OpenSSH, kexec-tools),
+# disk holds stock Debian 12 (its own kernel, systemd, OpenSSH, kexec-tools,
+# GRUB), booted by its firmware (SeaBIOS) through GRUB in the disk's MBR,
 # its serial console served by a real console server (ser2net) on 127.0.0.1,
 # ssh forwarded on 127.0.0.1, and power commands that act through QEMU's QMP.
 #
@@ -12,12 +13,26 @@
 #   ci/labbox.sh stop DIR        power off and stop ser2net
 #
 # The disk is made with mmdebstrap from Debian's packages and kept under the
-# harness cache, keyed by this script's package list; each start boots a
-# copy-on-write overlay of it, so a box always starts as it was made. Needs
+# harness cache, keyed by its package list and layout; each start boots a
+# copy-on-write overlay of it, so a box always starts as it was made.
+#
+# GRUB is put on the disk by hand, as grub-install would on a real disk (which
+# it cannot do to an image file from a chroot): a partitioned disk, boot.img
+# in the MBR, core.img in the gap before the partition, its modules in
+# /boot/grub/i386-pc, and a grub.cfg written here (update-grub cannot probe
+# the device in a chroot) that does what Debian's generated one does for the
+# harness: the Debian entry is the default, `grub-reboot` (next_entry in
+# grubenv) picks another entry once, and /boot/grub/custom.cfg is sourced as
+# Debian's 41_custom sources it. So a reset or a power cycle lands on Debian's
+# kernel unless a one-shot entry was set for the next boot. Needs
 # root, qemu-system-x86, mmdebstrap and ser2net (ci/setup.sh --test installs them).
 set -euo pipefail
 
-PACKAGES=linux-image-amd64,systemd-sysv,udev,openssh-server,kexec-tools,ifupdown,isc-dhcp-client,netbase,iproute2,initramfs-tools
+PACKAGES=linux-image-amd64,systemd-sysv,udev,openssh-server,kexec-tools,ifupdown,isc-dhcp-client,netbase,iproute2,initramfs-tools,grub-pc-bin,grub2-common
+# The disk's layout and GRUB set-up below are part of the cache key too.
+LAYOUT="bookworm v2 mbr+grub"
+# the root file system's partition starts at 1 MiB, after the MBR and GRUB's core.img
+PART_START=2048
 CACHE="${CPA_HARNESS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cpa-harness}/labbox"
 SSH_PORT="${LABBOX_SSH_PORT:-10022}"
 CONSOLE_PORT="${LABBOX_CONSOLE_PORT:-7001}"
@@ -28,7 +43,7 @@ die() { say "error: $*"; exit 3; }
 
 image() {
     local key dir
-    key=$(echo "$PACKAGES bookworm v1" | sha256sum | cut -c1-16)
+    key=$(echo "$PACKAGES $LAYOUT" | sha256sum | cut -c1-16)
     dir="$CACHE/$key"
     mkdir -p "$CACHE"
     # One maker at a time: two harness processes (or test runs) sharing the
@@ -48,16 +63,82 @@ image() {
         install -d -m 700 "$dir.tmp/root/root/.ssh"
         install -m 600 "$dir.tmp/key.pub" "$dir.tmp/root/root/.ssh/authorized_keys"
         cp "$dir.tmp/root/etc/ssh/ssh_host_ed25519_key.pub" "$dir.tmp/host_key.pub"
-        cp "$dir.tmp"/root/boot/vmlinuz-* "$dir.tmp/vmlinuz"
-        cp "$dir.tmp"/root/boot/initrd.img-* "$dir.tmp/initrd.img"
         basename "$dir.tmp"/root/boot/vmlinuz-* | sed 's/^vmlinuz-//' > "$dir.tmp/release"
+        grub_setup "$dir.tmp"
         truncate -s 3G "$dir.tmp/disk.img"
-        mke2fs -q -F -t ext4 -d "$dir.tmp/root" "$dir.tmp/disk.img"
+        # one partition from 1 MiB to the end, its ext4 made in place
+        mbr "$dir.tmp/disk.img"
+        mke2fs -q -F -t ext4 -d "$dir.tmp/root" -E offset=$((PART_START * 512)) \
+            "$dir.tmp/disk.img" $((3 * 1024 * 1024 - PART_START / 2))k
+        # GRUB's boot sector (its code, not the partition table) and core.img in
+        # the sectors after it, where boot.img and core.img's own blocklist
+        # look for it by default (sector 1 on)
+        dd if="$dir.tmp/boot.img" of="$dir.tmp/disk.img" bs=440 count=1 conv=notrunc status=none
+        dd if="$dir.tmp/core.img" of="$dir.tmp/disk.img" bs=512 seek=1 conv=notrunc status=none
         rm -rf "$dir.tmp/root"
         mv "$dir.tmp" "$dir"
     fi
     exec 9>&-       # not inherited by the box's QEMU and ser2net
     echo "$dir"
+}
+
+mbr() {     # mbr DISK: an MS-DOS partition table, one bootable Linux partition
+    # from PART_START to the end (what sfdisk writes, without needing it)
+    python3 - "$1" "$PART_START" <<'EOF'
+import os, struct, sys
+path, start = sys.argv[1], int(sys.argv[2])
+sectors = os.path.getsize(path) // 512 - start
+# active, CHS unused (LBA only), type 0x83, LBA start and length; the 0x55AA mark
+entry = struct.pack("<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff", start, sectors)
+with open(path, "r+b") as f:
+    f.seek(446)
+    f.write(entry + bytes(48) + b"\x55\xaa")
+EOF
+}
+
+grub_setup() {     # grub_setup DIR: GRUB on DIR/root, boot.img and core.img into DIR
+    local dir=$1 root=$1/root release
+    release=$(cat "$dir/release")
+    [[ -f "$root/usr/lib/grub/i386-pc/boot.img" ]] || die "grub-pc-bin is not on the disk"
+    # what grub-install copies, so that GRUB loads its modules from the disk
+    mkdir -p "$root/boot/grub"
+    cp -r "$root/usr/lib/grub/i386-pc" "$root/boot/grub/"
+    cp "$root/usr/lib/grub/i386-pc/boot.img" "$dir/boot.img"
+    # core.img with what it needs to reach /boot/grub; the rest is loaded from there
+    chroot "$root" grub-mkimage -O i386-pc -o /tmp/core.img -p "(hd0,msdos1)/boot/grub" \
+        biosdisk part_msdos ext2 normal configfile loadenv test echo linux serial terminal
+    mv "$root/tmp/core.img" "$dir/core.img"
+    (( $(stat -c %s "$dir/core.img") < (PART_START - 1) * 512 )) || die "core.img is too big"
+    chroot "$root" grub-editenv /boot/grub/grubenv create
+    # As Debian's 00_header, 10_linux and 41_custom make it, reduced to one
+    # entry; GRUB on the serial line, as the kernel's console.
+    cat > "$root/boot/grub/grub.cfg" <<EOF
+# Written by ci/labbox.sh (not update-grub: it cannot probe a device in a chroot).
+serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+if [ -s \$prefix/grubenv ]; then
+  load_env
+fi
+if [ "\${next_entry}" ] ; then
+   set default="\${next_entry}"
+   set next_entry=
+   save_env next_entry
+else
+   set default="debian"
+fi
+set timeout=0
+menuentry 'Debian GNU/Linux, with Linux $release' --id debian {
+  echo 'Loading Linux $release ...'
+  linux /boot/vmlinuz-$release root=/dev/vda1 rw console=ttyS0,115200 net.ifnames=0
+  initrd /boot/initrd.img-$release
+}
+if [ -f  \${config_directory}/custom.cfg ]; then
+  source \${config_directory}/custom.cfg
+elif [ -z "\${config_directory}" -a -f  \$prefix/custom.cfg ]; then
+  source \$prefix/custom.cfg
+fi
+EOF
 }
 
 qmp() {     # qmp DIR COMMAND: one QMP command on the box's socket
@@ -91,8 +172,6 @@ power_on() {
     rm -f "$dir/qmp.sock"
     qemu-system-x86_64 -machine pc -accel tcg -cpu max -m 1024 -smp 2 -nodefaults \
         -display none -daemonize -pidfile "$dir/qemu.pid" \
-        -kernel "$img/vmlinuz" -initrd "$img/initrd.img" \
-        -append "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0" \
         -drive "file=$dir/overlay.qcow2,if=virtio,format=qcow2" \
         -nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$SSH_PORT-:22" \
         -chardev "socket,id=ser0,path=$dir/serial.sock,server=on,wait=off" -serial chardev:ser0 \
@@ -178,7 +257,7 @@ stop() {
     console_off "$dir"
 }
 
-[[ $# -eq 2 ]] || { sed -n '2,17p' "$0" >&2; exit 2; }
+[[ $# -eq 2 ]] || { sed -n '2,13p' "$0" >&2; exit 2; }
 case "$1" in
     start) start "$2" ;;
     stop) stop "$2" ;;
@@ -187,5 +266,5 @@ case "$1" in
     power-cycle) power_off "$2"; power_on "$2" ;;
     reset) qmp "$2" system_reset ;;
     console-restart) console_off "$2"; sleep 2; console_on "$2" ;;
-    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,13p' "$0" >&2; exit 2 ;;
 esac

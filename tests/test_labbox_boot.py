@@ -333,3 +333,48 @@ def test_ctrl_c_in_a_session_on_the_box_puts_the_box_back(
     back = res["target"]["back"]        # type: ignore[index]
     assert back["kernel"] == box.known_good and back["boot_id"] != before, res["target"]
     assert boot_id(box) == back["boot_id"]
+
+
+# --- the one-shot GRUB entry --------------------------------------------------
+
+def test_the_cpa_cell_runs_on_the_box_by_a_one_shot_grub_entry_and_the_box_comes_back(
+        box: lab.Box, tmp_path: Path) -> None:
+    """boot = "grub-reboot": the box's GRUB (which boots it every time) boots
+    the kernel under test once from the entry the harness wrote, clearing
+    next_entry as it does, so the reboot afterwards lands on Debian's default
+    entry. Characters that are GRUB script reach the kernel as they were given."""
+    before = boot_id(box)
+    hostile = "cpa_x=$root;{}#`"
+    r = run_on_box(box, tmp_path / "run", "--cmdline", hostile,
+                   lab_file=lab_with(box, tmp_path, "boot", "grub-reboot"))
+    res = cell_result(tmp_path / "run")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    proven = res["passes_proven"]
+    assert res["verdict"] == "pass" and res["cpa_selftest"]
+    assert isinstance(proven, int) and proven >= 1
+    target = res["target"]
+    assert isinstance(target, dict) and target["boot"] == "grub-reboot"
+    assert target["identity"]["boot_id"] == before
+    # GRUB booted it from the scratch directory, with this cell's nonce
+    assert res["boot_id"] not in ("", before)
+    nonce = re.search(r"cpa_harness\.nonce=([0-9a-f]+)", target["cmdline"])
+    assert nonce, target["cmdline"]
+    guest_cmdline = str(res["guest"]["cmdline"])     # type: ignore[index]
+    assert guest_cmdline.startswith("BOOT_IMAGE=/var/tmp/cpa-harness/bzImage "), guest_cmdline
+    assert f" {hostile} " in f" {guest_cmdline} ", guest_cmdline
+    assert f"cpa_harness.nonce={nonce[1]}" in guest_cmdline.split()
+    assert target["kexec_to_ready_s"] > 0
+    # back on Debian's kernel in a boot of its own, by reboot alone; the entry
+    # is still there (harmless) but nothing chooses it: next_entry is spent
+    back = target["back"]
+    assert back["kernel"] == box.known_good and back["power_cycled"] is False
+    assert back["boot_id"] not in (before, res["boot_id"])
+    with ssh_to(box) as ssh:
+        c = ssh.run(f"{BOOT_ID}; cat /proc/cmdline; grub-editenv list; "
+                    "grep -c menuentry /boot/grub/custom.cfg; grep -o 'cpa-harness-[0-9a-f]*' "
+                    "/boot/grub/custom.cfg", 60)
+    assert c.status == 0, c.stderr
+    lines = c.stdout.splitlines()
+    assert lines[0] == back["boot_id"]
+    assert lines[1].startswith(f"BOOT_IMAGE=/boot/vmlinuz-{box.known_good} "), lines[1]
+    assert lines[2:] == ["next_entry=", "1", f"cpa-harness-{nonce[1]}"], lines

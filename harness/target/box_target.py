@@ -1,5 +1,6 @@
 """A lab box as a Target: the kernel under test kexec'd from the box's own
-known-good kernel, and the box brought back to it afterwards.
+known-good kernel (or booted once by its GRUB: target/grub.py), and the box
+brought back to it afterwards.
 
 start() takes the box (one cell at a time per box on this host), makes sure
 it is up on its known-good kernel (power-cycling it when ssh does not
@@ -19,6 +20,7 @@ import contextlib
 import re
 import shlex
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,14 +33,14 @@ from harness.console import Failure
 from harness.errors import HarnessError, InfraError, UserError
 from harness.proc import die_with_parent
 from harness.target import box as boxes
-from harness.target import labgrid_place
+from harness.target import grub, labgrid_place
 from harness.target.base import Fleet, Target, Targets, Timeouts
 from harness.target.console import RECONNECT_HOLDS, Console
 from harness.target.errors import Ending, FailureSeen, GuestExited, GuestHang
 from harness.target.lab import Box
 from harness.target.serial import new_nonce
 from harness.target.shell import SshAccess
-from harness.target.ssh import SshError
+from harness.target.ssh import GuestSsh, SshError
 
 # Nothing is written on the box outside this directory.
 SCRATCH = "/var/tmp/cpa-harness"
@@ -109,10 +111,10 @@ class BoxTarget(Target):
             self.identity, self.known_boot_id = who, who.boot_id
             if who.net_cmdline():       # ssh to the kernel under test at the box's address
                 self.cmdline = f"{self.cmdline} {who.net_cmdline()}"
-            if not who.kexec:
+            if self.box.boot in KEXEC_FLAGS and not who.kexec:
                 raise UserError(f"box {self.box.name!r} has no kexec-tools",
                                 "apt install kexec-tools on it")
-            if not who.kexec_in_kernel:
+            if self.box.boot in KEXEC_FLAGS and not who.kexec_in_kernel:
                 raise UserError(f"box {self.box.name!r}: its kernel {who.kernel} has no kexec "
                                 "support", "boot a known-good kernel built with CONFIG_KEXEC")
             self._attach_console()
@@ -203,29 +205,33 @@ class BoxTarget(Target):
             return None
 
     def _kexec(self) -> None:
-        """Copy the kernel and initramfs in, load them, and execute."""
-        flag = KEXEC_FLAGS.get(self.box.boot)
-        if flag is None:
-            raise UserError(f"box {self.box.name!r}: boot method {self.box.boot} is not "
-                            "implemented yet", "use boot = \"kexec_load\" or \"kexec_file_load\"")
+        """Copy the kernel and initramfs in, load them, and execute (or reboot
+        into them by a one-shot GRUB entry)."""
         image, initrd = f"{SCRATCH}/bzImage", f"{SCRATCH}/initrd.cpio"
         try:
-            self._load_and_execute(flag, image, initrd)
+            if self.box.boot == "grub-reboot":
+                self._grub_reboot(image, initrd)
+            else:
+                self._load_and_execute(KEXEC_FLAGS[self.box.boot], image, initrd)
         except SshError as e:
             raise InfraError(f"box {self.box.name!r}: ssh failed while loading the kernel "
                              f"under test: {e}") from None
 
+    def _copy_in(self, ssh: GuestSsh, image: str, initrd: str) -> None:
+        """The kernel and initramfs into the scratch directory."""
+        # Ours alone: made private, and refused when it is a link or another's
+        made = ssh.run(f"install -d -m 700 {SCRATCH} && [ ! -L {SCRATCH} ] && "
+                       f"[ \"$(stat -c '%u %a' {SCRATCH})\" = \"$(id -u) 700\" ]",
+                       self.timeouts.command)
+        if made.status != 0:
+            raise InfraError(f"box {self.box.name!r}: {SCRATCH} is not a private directory "
+                             "of the ssh user", f"remove it on the box: {made.stderr.strip()}")
+        ssh.put(self.kernel, image, timeout=self.timeouts.copy)
+        ssh.put(self.initrd, initrd, timeout=self.timeouts.copy)
+
     def _load_and_execute(self, flag: str, image: str, initrd: str) -> None:
         with boxes.connect(self.box, self.timeouts.ssh) as ssh:
-            # Ours alone: made private, and refused when it is a link or another's
-            made = ssh.run(f"install -d -m 700 {SCRATCH} && [ ! -L {SCRATCH} ] && "
-                           f"[ \"$(stat -c '%u %a' {SCRATCH})\" = \"$(id -u) 700\" ]",
-                           self.timeouts.command)
-            if made.status != 0:
-                raise InfraError(f"box {self.box.name!r}: {SCRATCH} is not a private directory "
-                                 "of the ssh user", f"remove it on the box: {made.stderr.strip()}")
-            ssh.put(self.kernel, image, timeout=self.timeouts.copy)
-            ssh.put(self.initrd, initrd, timeout=self.timeouts.copy)
+            self._copy_in(ssh, image, initrd)
             load = ssh.run(f"kexec {flag} {image} --initrd={initrd} "
                            f"--command-line={shlex.quote(self.cmdline)}", self.timeouts.command)
             if load.status != 0:
@@ -242,6 +248,48 @@ class BoxTarget(Target):
             self._under_test = True         # from here on, whatever this call says
             self.kexec_at = time.monotonic() + 1
             ssh.run("(sleep 1; sync; kexec -e) </dev/null >/dev/null 2>&1 &",
+                    self.timeouts.command)
+
+    def _grub_reboot(self, image: str, initrd: str) -> None:
+        """The one-shot entry (target/grub.py), grub-reboot, and a reboot."""
+        name = self.box.name
+        words = grub.kernel_words(self.cmdline, name)      # before anything is written
+        with boxes.connect(self.box, self.timeouts.ssh) as ssh:
+            pre = ssh.run(grub.preflight_command(), self.timeouts.command)
+            if pre.status != 0:
+                raise UserError(f"box {name!r}: boot = \"grub-reboot\": "
+                                f"{(pre.stdout or pre.stderr).strip()[-300:]}",
+                                "install grub2-common on the box, and keep Debian's "
+                                "update-grub set-up, or use kexec")
+            self._copy_in(ssh, image, initrd)
+            said = {}
+            for key, command in grub.probe_commands(SCRATCH).items():
+                c = ssh.run(command, self.timeouts.command)
+                if c.status != 0:
+                    raise UserError(f"box {name!r}: GRUB cannot reach {SCRATCH}: {command}: "
+                                    f"{(c.stderr or c.stdout).strip()[-300:]}",
+                                    "the scratch directory must be on a disk GRUB reads")
+                said[key] = c.stdout
+            try:
+                where = grub.place(**said)
+            except ValueError as e:
+                raise UserError(f"box {name!r}: GRUB cannot reach {SCRATCH}: {e}") from None
+            text = grub.entry(self.nonce, where, image.rsplit("/", 1)[1],
+                              initrd.rsplit("/", 1)[1], words)
+            with tempfile.NamedTemporaryFile("w", prefix="cpa-grub-", suffix=".cfg") as f:
+                f.write(text)
+                f.flush()
+                ssh.put(Path(f.name), grub.ENTRY_FILE, timeout=self.timeouts.command)
+            chosen = ssh.run(grub.set_next_command(self.nonce), self.timeouts.command)
+            if chosen.status != 0:
+                raise InfraError(f"box {name!r}: grub-reboot {grub.entry_id(self.nonce)} "
+                                 f"failed with status {chosen.status}: "
+                                 f"{(chosen.stderr or chosen.stdout).strip()[-300:]}")
+            # From here the next boot is the kernel under test's, and the one
+            # after it the default entry's again (GRUB clears next_entry).
+            self._under_test = True
+            self.kexec_at = time.monotonic() + 1
+            ssh.run(f"(sleep 1; {grub.REBOOT}) </dev/null >/dev/null 2>&1 &",
                     self.timeouts.command)
 
     # --- the running kernel ------------------------------------------------
@@ -389,5 +437,8 @@ class BoxTargets(Targets):
         return Timeouts.for_accel("tcg")
 
     def command(self, extra_cmdline: str = "") -> str:
+        if self.box.boot == "grub-reboot":
+            return (f"grub-reboot into {self.kernel} --initrd={self.initrd} "
+                    f"on box {self.box.name}")
         return (f"kexec {KEXEC_FLAGS.get(self.box.boot, '?')} {self.kernel} "
                 f"--initrd={self.initrd} on box {self.box.name}")
