@@ -18,12 +18,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pexpect
 import pytest
-from helpers import guest_command, wait_for_file
+from helpers import as_from_a_terminal, guest_command, wait_for_file
 
 from harness.target import lab
 from harness.target.ssh import GuestSsh, free_port
@@ -253,34 +253,31 @@ def lab_with(box: lab.Box, tmp_path: Path, key: str, value: str) -> Path:
     return changed
 
 
-def test_a_console_command_that_exits_at_once_is_one_line_and_the_box_untouched(
-        box: lab.Box, tmp_path: Path) -> None:
-    before = boot_id(box)
-    bad = lab_with(box, tmp_path, "console", "sh -c 'echo no such console >&2; exit 1'")
-    r = run_on_box(box, tmp_path / "run", lab_file=bad)
-    assert r.returncode == 3, r.stdout[-3000:] + r.stderr[-2000:]
-    res = cell_result(tmp_path / "run")
-    assert res["verdict"] == "infra-error"
-    assert re.search(r"box 'labbox': the console \(sh -c .*\) closed at once, status 1: "
-                     r"no such console", str(res["reason"])), res["reason"]
-    assert boot_id(box) == before       # never kexec'd, never power-cycled
-
-
-def test_ssh_refusing_the_key_is_one_line_and_the_box_untouched(
-        box: lab.Box, tmp_path: Path) -> None:
-    before = boot_id(box)
+def stranger_key(tmp_path: Path) -> str:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
                     str(tmp_path / "stranger")], check=True)
-    bad = lab_with(box, tmp_path, "key", str(tmp_path / "stranger"))
-    r = run_on_box(box, tmp_path / "run", lab_file=bad)
-    assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-2000:]
+    return str(tmp_path / "stranger")
+
+
+@pytest.mark.parametrize("key,value,code,verdict,said", [
+    # a console command that exits at once
+    ("console", lambda tmp: "sh -c 'echo no such console >&2; exit 1'", 3, "infra-error",
+     r"box 'labbox': the console \(sh -c .*\) closed at once, status 1: no such console"),
+    # ssh refusing the key: it answered, so it is not power-cycled
+    ("key", stranger_key, 2, "user-error",
+     r"box 'labbox': ssh to root@127.0.0.1:\d+ refused the key \S+/stranger .*: add "
+     r"\S+/stranger.pub to root's ~/.ssh/authorized_keys"),
+])
+def test_bad_input_is_one_line_and_the_box_untouched(
+        box: lab.Box, tmp_path: Path, key: str, value: Callable[[Path], str], code: int,
+        verdict: str, said: str) -> None:
+    before = boot_id(box)
+    r = run_on_box(box, tmp_path / "run", lab_file=lab_with(box, tmp_path, key, value(tmp_path)))
+    assert r.returncode == code, r.stdout[-3000:] + r.stderr[-2000:]
     res = cell_result(tmp_path / "run")
-    assert res["verdict"] == "user-error"
-    assert re.search(r"box 'labbox': ssh to root@127.0.0.1:\d+ refused the key "
-                     rf"{tmp_path / 'stranger'}", str(res["reason"])), res["reason"]
-    assert "authorized_keys" in r.stdout + r.stderr
-    # it answered: refused, not power-cycled
-    assert boot_id(box) == before
+    assert res["verdict"] == verdict
+    assert re.search(said, str(res["reason"]) + ": " + r.stdout + r.stderr), res["reason"]
+    assert boot_id(box) == before       # never kexec'd, never power-cycled
 
 
 # --- manual sessions on the box ---------------------------------------------
@@ -291,7 +288,7 @@ def session_on_box(box: lab.Box, mode: str, out: Path) -> pexpect.spawn:
                                            "--lab", str(lab_file), "--target", box.name,
                                            "--out", str(out)],
                           encoding="utf-8", codec_errors="replace", timeout=900,
-                          dimensions=(40, 200))
+                          dimensions=(40, 200), preexec_fn=as_from_a_terminal)
     child.logfile_read = open(out.parent / f"{out.name}.pty.log", "w")   # noqa: SIM115
     return child
 
@@ -308,7 +305,10 @@ def test_an_ssh_session_on_the_box_and_the_box_back_after_it(
                         "/proc/cmdline"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "cpa_harness.nonce=" in r.stdout and "cpa_harness.net=" in r.stdout
-    child.sendline("uname -r; exit")
+    # stay past the first self-test pass (30 s after boot), then leave
+    child.sendline("sleep 40; echo DONE-$((6*7))")
+    child.expect("DONE-42", timeout=180)
+    child.sendline("exit")
     child.expect(r"results: ", timeout=600)
     child.expect(pexpect.EOF, timeout=60)
     child.close()

@@ -31,7 +31,8 @@ import pexpect
 
 from harness.console import Failure
 from harness.errors import HarnessError, InfraError, UserError
-from harness.proc import die_with_parent
+from harness.proc import die_with_parent, interrupts_held
+from harness.progress import report
 from harness.target import box as boxes
 from harness.target import grub, labgrid_place
 from harness.target.base import Fleet, Target, Targets, Timeouts
@@ -49,6 +50,8 @@ KEXEC_FLAGS = {"kexec_load": "-l", "kexec_file_load": "-s"}
 BASE_CMDLINE = "console=ttyS0,115200"
 # kernel/reboot.c, as `reboot -f` restarts the machine
 RESTARTING = re.compile(rb"reboot: Restarting system")
+# As doctor asks: output after a newline, before anything is done to the box
+CONSOLE_ANSWERS = 10.0
 
 
 @dataclass
@@ -109,8 +112,9 @@ class BoxTarget(Target):
             self.console.open_log()
             who = self._known_good(power_cycled=False)
             self.identity, self.known_boot_id = who, who.boot_id
-            if who.net_cmdline():       # ssh to the kernel under test at the box's address
-                self.cmdline = f"{self.cmdline} {who.net_cmdline()}"
+            # ssh to the kernel under test at the box's address; without one,
+            # none (QEMU's address could collide with a lab's network)
+            self.cmdline = f"{self.cmdline} {who.net_cmdline() or 'cpa_harness.net=none'}"
             if self.box.boot in KEXEC_FLAGS and not who.kexec:
                 raise UserError(f"box {self.box.name!r} has no kexec-tools",
                                 "apt install kexec-tools on it")
@@ -183,6 +187,19 @@ class BoxTarget(Target):
                              + (f": {last[-1][:200]}" if last else ""),
                              "check the lab file's console and the console server")
         self.console.attach(child)
+        # A console that does not answer (a SOL session that failed slowly, a
+        # server that reaches no line) would leave the kernel under test
+        # unheard: found now, with the box still as it was found.
+        sent = time.monotonic()
+        self.console.send(b"\r")
+        while self.console.last_output <= sent and time.monotonic() - sent < CONSOLE_ANSWERS:
+            self.console.watch(0.5)
+        if self.console.last_output <= sent:
+            raise InfraError(f"box {self.box.name!r}: the console "
+                             f"({self.box.console.describe()}) showed nothing after a newline "
+                             f"within {CONSOLE_ANSWERS:.0f}s",
+                             "check the console server and the box's serial getty "
+                             "(`cpa-harness doctor --lab FILE`)")
         # The console server's connection can drop while the box runs on (the
         # server restarted, the network between): connect again, record the gap.
         self.console.reopen = self._reopen_console
@@ -317,7 +334,17 @@ class BoxTarget(Target):
         """`reboot -f` on the serial shell, which lands on the box's default
         entry; whether the kernel said it restarts."""
         if self.console.child is None or not self.console.child.isalive():
-            return False
+            # Aborted, or the line dropped for good: a new connection for this
+            # one command, so a box without power commands is not left on it.
+            try:
+                child = self._spawn_console()
+            except InfraError:
+                return False
+            time.sleep(RECONNECT_HOLDS)
+            if not child.isalive() or self.console._log is None:
+                child.close(force=True)
+                return False
+            self.console.reattach(child)
         # Until the kernel says so: closing the line at once can drop the
         # command before it reaches the box.
         with contextlib.suppress(OSError, GuestHang, GuestExited, FailureSeen,
@@ -334,27 +361,31 @@ class BoxTarget(Target):
         # From another thread: close the line so the cell's waits end; release()
         # in the cell's own thread brings the box back.
         self._ended = Ending("", True, f"the harness stopped the cell on box {self.box.name}")
+        self.console.reopen = None          # a reconnection in progress gives up
         child = self.console.child
         if child is not None and child.isalive():
             child.terminate(force=True)
 
     def release(self) -> None:
-        """Never raises: a cell's verdict is the kernel's; a box that did not
-        come back is marked unhealthy, noted, and kept from later cells."""
-        try:
-            restarted = self._under_test and self._restart()
-            with contextlib.suppress(Exception):
-                self.console.flush_parser()
-            self.console.reopen = None
-            self.console.close()
-            if self._under_test:
-                self._bring_back(restarted)
-        except (HarnessError, SshError) as e:
-            self.back = {**self.back, "error": str(e)}
-            self.health.unhealthy.setdefault(self.box.name, str(e))
-            self.console.notes.append(f"box {self.box.name}: {e}")
-        finally:
-            self._hold.close()
+        """Never raises, but for a Ctrl-C or SIGTERM that came meanwhile, which
+        is held until the box is back: a cell's verdict is the kernel's; a box
+        that did not come back is marked unhealthy, noted, and kept from later
+        cells."""
+        with interrupts_held(report):
+            try:
+                restarted = self._under_test and self._restart()
+                with contextlib.suppress(Exception):
+                    self.console.flush_parser()
+                self.console.reopen = None
+                self.console.close()
+                if self._under_test:
+                    self._bring_back(restarted)
+            except Exception as e:      # noqa: BLE001 -- the box's trouble, not the cell's
+                self.back = {**self.back, "error": str(e)}
+                self.health.unhealthy.setdefault(self.box.name, str(e))
+                self.console.notes.append(f"box {self.box.name}: {e}")
+            finally:
+                self._hold.close()
 
     def _bring_back(self, restarted: bool) -> None:
         """Prove the box is back on its known-good kernel, power-cycling it once
