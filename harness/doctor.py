@@ -19,7 +19,7 @@ from harness.image import debian
 from harness.kernel import build as kbuild
 from harness.kernel import source
 from harness.paths import GUEST_DIR
-from harness.target import box, lab, labgrid_place, qemu
+from harness.target import box, grub, lab, labgrid_place, qemu
 from harness.target.ssh import SshError
 
 SETUP_HINT = "run ci/setup.sh"
@@ -208,14 +208,24 @@ def _box_connected(b: lab.Box) -> tuple[list[str], list[str]]:
         with box.connect(b, 30) as ssh:
             who = box.identify(ssh.runner(60))
             _, config = ssh.runner(60)(CONFIG_WHERE) if b.config == "box" else (0, "")
+            grub_said = ssh.runner(60)(grub.preflight_command()) if b.boot == "grub-reboot" \
+                else None
     except (HarnessError, SshError) as e:
         hint = getattr(e, "hint", "")
         return [f"{e}: {hint}" if hint else str(e)], seen
     seen.append(f"ssh: {who.vendor} {who.product}, {who.cpu_model}, "
                 f"{who.memory_kb // 1024} MiB, {len(who.e820)} e820 lines")
-    if not who.kexec:
+    if grub_said is not None:
+        status, why = grub_said
+        if status != 0:
+            found.append(f"boot by grub-reboot: {why.strip() or f'status {status}'}: see "
+                         "docs/design.md, \"Lab boxes\", or boot it by kexec")
+        else:
+            seen.append(f"grub-reboot: its GRUB honours next_entry and sources "
+                        f"{grub.ENTRY_FILE}")
+    elif not who.kexec:
         found.append("kexec-tools are not installed on the box: apt install kexec-tools")
-    elif not who.kexec_in_kernel and b.boot != "grub-reboot":
+    elif not who.kexec_in_kernel:
         found.append(f"the running kernel {who.kernel} has no kexec support "
                      f"(/sys/kernel/kexec_loaded is missing): boot one with CONFIG_KEXEC")
     else:

@@ -222,3 +222,40 @@ def test_an_interrupt_while_a_box_is_brought_back_waits_until_it_is_back() -> No
             done.append("power_on")         # not cut short
     assert done == ["power_on"] and len(said) == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("grub_says,problem", [
+    ((0, ""), None),
+    ((1, "/boot/grub/grub.cfg does not honour next_entry\n"),
+     "boot by grub-reboot: /boot/grub/grub.cfg does not honour next_entry"),
+])
+def test_doctor_checks_grub_not_kexec_for_a_grub_reboot_box(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grub_says: tuple[int, str],
+        problem: str | None) -> None:
+    import dataclasses
+
+    from harness import doctor
+    from harness.target import grub
+    out = "\n".join(ln for ln in (DATA / "identify-labbox.txt").read_text().splitlines()
+                    if not ln.startswith("kexec="))          # no kexec-tools: not needed
+    commands: list[str] = []
+
+    class Ssh(FakeSsh):
+        def runner(self, timeout: float) -> Callable[[str], tuple[int, str]]:
+            def run(command: str) -> tuple[int, str]:
+                commands.append(command)
+                if command == grub.preflight_command():
+                    return grub_says
+                return (0, out) if command == box.IDENTIFY else (0, "/proc/config.gz")
+            return run
+
+    monkeypatch.setattr(box, "connect", lambda b, seconds: Ssh(out, commands))
+    monkeypatch.setattr(box, "console_answers", lambda b: b"labbox login: ")
+    b = dataclasses.replace(a_box(tmp_path, "true"), boot="grub-reboot")
+    found, seen = doctor._box_connected(b)
+    assert grub.preflight_command() in commands
+    assert not any("kexec-tools" in line or "kexec support" in line for line in found)
+    if problem is None:
+        assert found == [] and any(line.startswith("grub-reboot: its GRUB") for line in seen)
+    else:
+        assert [line for line in found if line.startswith(problem)], found
