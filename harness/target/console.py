@@ -115,7 +115,7 @@ class Console:
         # (QEMU's own terminal). It returns None once the line must stay closed.
         self.reopen: Callable[[], pexpect.spawn | None] | None = None
         self.gaps: list[tuple[float, float]] = []   # (lost at, seconds) after start
-        self.ready_at: float | None = None      # time.monotonic() of the last ready marker
+        self.ready_at: float | None = None      # time.monotonic() of the first ready marker
         self._gap: tuple[float, int] | None = None  # (lost at, tries) until it proves itself
         self.dropped_at: float | None = None    # time.monotonic() of the last drop
         self._gap_made = 0.0
