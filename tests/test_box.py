@@ -259,3 +259,43 @@ def test_doctor_checks_grub_not_kexec_for_a_grub_reboot_box(
         assert found == [] and any(line.startswith("grub-reboot: its GRUB") for line in seen)
     else:
         assert [line for line in found if line.startswith(problem)], found
+
+
+@pytest.mark.parametrize("console_says,still_up,refused", [
+    ("[   30.0] kexec_core: Starting new kernel\n", True, False),   # seen: the kexec went
+    ("", True, True),       # silent, and the old boot still answers: it never happened
+    ("", False, False),     # silent, and the old kernel gone: the boot's own wait decides
+])
+def test_a_kexec_that_never_happened_is_not_the_kernels_hang(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, console_says: str, still_up: bool,
+        refused: bool) -> None:
+    import pexpect
+
+    from harness.target import box_target
+    from harness.target.base import Timeouts
+    monkeypatch.setattr(box_target, "KEXEC_SEEN", 2.0)
+    old = "ce493067-d1ec-4c3d-a9e7-e51c61dc2418"
+
+    class Box(FakeSsh):
+        def runner(self, timeout: float) -> Callable[[str], tuple[int, str]]:
+            return lambda command: (0, old + "\n")
+
+    def connect(b: lab.Box, seconds: float) -> FakeSsh:
+        if not still_up:
+            raise InfraError("box 'b': ssh to root@127.0.0.1:2 did not answer")
+        return Box("", [])
+
+    monkeypatch.setattr(box, "connect", connect)
+    target = box_target.BoxTarget(a_box(tmp_path, "true"), tmp_path / "k", tmp_path / "i", "",
+                                  tmp_path / "serial.log", None,
+                                  Timeouts(boot=5, first_pass=5, command=5, ssh=3),
+                                  box_target.Health())
+    target.known_boot_id = old
+    target.console.attach(pexpect.spawn("sh", ["-c", f"printf '{console_says}'; sleep 30"]))
+    if refused:
+        with pytest.raises(InfraError, match="did not start the kernel under test within 2s: "
+                                             f"the box still runs its known-good boot {old}"):
+            target._kexec_seen()
+    else:
+        target._kexec_seen()
+    target.console.close()

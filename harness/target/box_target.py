@@ -36,7 +36,7 @@ from harness.progress import report
 from harness.target import box as boxes
 from harness.target import grub, labgrid_place
 from harness.target.base import Fleet, Target, Targets, Timeouts
-from harness.target.console import RECONNECT_HOLDS, Console
+from harness.target.console import RECONNECT_HOLDS, Console, MaybeInGap
 from harness.target.errors import Ending, FailureSeen, GuestExited, GuestHang
 from harness.target.lab import Box
 from harness.target.serial import new_nonce
@@ -52,6 +52,9 @@ BASE_CMDLINE = "console=ttyS0,115200"
 RESTARTING = re.compile(rb"reboot: Restarting system")
 # As doctor asks: output after a newline, before anything is done to the box
 CONSOLE_ANSWERS = 10.0
+# kernel/kexec_core.c as the old kernel goes, or the new kernel's banner
+KEXEC_STARTED = re.compile(rb"kexec_core: Starting new kernel|Linux version ")
+KEXEC_SEEN = 60.0
 
 
 @dataclass
@@ -230,9 +233,34 @@ class BoxTarget(Target):
                 self._grub_reboot(image, initrd)
             else:
                 self._load_and_execute(KEXEC_FLAGS[self.box.boot], image, initrd)
+                self._kexec_seen()
         except SshError as e:
             raise InfraError(f"box {self.box.name!r}: ssh failed while loading the kernel "
                              f"under test: {e}") from None
+
+    def _kexec_seen(self) -> None:
+        """The kexec happened: the console shows it (the old kernel's last word,
+        or the new one's banner). A box still on its known-good boot a minute
+        later never ran `kexec -e` (its session's processes killed, a lockdown
+        refusing it): the harness's trouble, never the kernel under test's hang.
+        Neither (a silent console, ssh gone) is left to the boot's own wait."""
+        try:
+            self.console.wait_for(KEXEC_STARTED, KEXEC_SEEN, "the kexec",
+                                  since=self.console.mark())
+            return
+        except (GuestHang, MaybeInGap):
+            pass
+        try:
+            with boxes.connect(self.box, 10) as ssh:
+                status, boot_id = ssh.runner(10)("cat /proc/sys/kernel/random/boot_id")
+        except (HarnessError, SshError):
+            return      # the known-good kernel is gone: the kexec went somewhere
+        if status == 0 and boot_id.strip() == self.known_boot_id:
+            raise InfraError(f"box {self.box.name!r}: `kexec -e` did not start the kernel under "
+                             f"test within {KEXEC_SEEN:.0f}s: the box still runs its "
+                             f"known-good boot {self.known_boot_id}",
+                             "is kexec locked down on it, or are the ssh session's processes "
+                             "killed when it ends (logind KillUserProcesses)?")
 
     def _copy_in(self, ssh: GuestSsh, image: str, initrd: str) -> None:
         """The kernel and initramfs into the scratch directory."""
