@@ -68,7 +68,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # With --test also labgrid (the optional extra): tests/test_labgrid.py runs its
 # real coordinator and exporter, and must not find it missing in CI.
-EXTRAS=test IMPORTS="harness, paramiko, pexpect, elftools, qemu.qmp, pytest, hypothesis, importlinter, check_jsonschema"
+EXTRAS=test IMPORTS="harness, paramiko, pexpect, elftools, qemu.qmp, pytest, xdist, hypothesis, importlinter, check_jsonschema"
 if [[ "${1:-}" == "--test" ]]; then
     EXTRAS=test,labgrid IMPORTS="$IMPORTS, labgrid"
 fi

@@ -11,4 +11,8 @@ bash ci/setup.sh --test
 # the CI templates against the engines' own schemas (bundled: works offline)
 .venv/bin/check-jsonschema --builtin-schema vendor.github-workflows ci/templates/github-nightly.yml
 .venv/bin/check-jsonschema --builtin-schema vendor.gitlab-ci ci/templates/gitlab-nightly.yml
-exec .venv/bin/pytest -ra "$@"
+# Two workers, a test file each: a boot test waits on the guest much of the
+# time (the self-test's 30 s period), so the other's build or boot fills it.
+# In the order tests/conftest.py gives (longest first), not xdist's (most tests first).
+exec .venv/bin/pytest -ra -n "${CPA_HARNESS_TEST_WORKERS:-2}" --dist loadfile \
+    --no-loadscope-reorder "$@"

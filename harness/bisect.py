@@ -3,11 +3,16 @@
 Each step builds the checked-out revision (in one build directory per tree,
 so a step after the first rebuilds only what changed) and runs the cell. Its
 answer to git: 0 good; 1 bad, when the cell fails the same way as at --bad
-(same failure kind and title, or the self-test's NOT PASSED; any failure with
---any-failure); 125 skip, for a different failure met halfway (reported, not
+(the self-test's own NOT PASSED, or else the same failure kind and title; any
+failure with --any-failure); 125 skip, for a different failure met halfway (reported, not
 chased), a build that does not compile, or an infrastructure error; 128 aborts
 the bisection on a user error. `cpa-harness bisect-step` is that step, usable
 by hand as `git bisect run cpa-harness bisect-step --cell NAME --signature ...`.
+
+With --passes N each step runs the cell with the fast self-test (the tree
+patched in place, a second between passes, each printed): good only after N passes
+after the first, bad at the first failed one, so a failure that shows once
+in many passes can be bisected; each step records the passes it rests on.
 
 Before bisecting, --bad is run to learn the failure's signature and --good to
 make sure it passes: good and bad reversed is a user error, found before git
@@ -48,6 +53,8 @@ class Step:
     checked: str = ""           # "good"/"bad" for the two runs before bisecting
     patches: list[str] = field(default_factory=list)    # applied on top for this step
     dropped: list[str] = field(default_factory=list)    # essential options this revision lacks
+    signature: str = ""         # what a failure here is compared by
+    passes: int = 0             # self-test passes proven: what a good answer rests on
 
 
 @dataclass
@@ -101,13 +108,27 @@ def check_tree(tree: Path, good: str, bad: str) -> tuple[str, str]:
     return ids[0], ids[1]
 
 
+NOT_PASSED = "cpa_selftest: CPA self-test NOT PASSED"
+
+
 def signature(res: CellResult) -> str:
-    """What 'the same failure' means: the first unknown failure's kind and title,
-    or the self-test's own verdict."""
+    """What 'the same failure' means: the self-test's own NOT PASSED, whatever
+    the console showed of the WARN that carries it (its title can change with
+    how the lines came), else the first unknown failure's kind and title."""
+    return next(iter(names(res)))
+
+
+def names(res: CellResult) -> dict[str, None]:
+    """Every name a failure here answers to, the signature first: a signature
+    given by hand may be the report's title instead."""
+    found: dict[str, None] = {}
+    if any(p.get("result") == "fail" for p in res.cpa_selftest):
+        found[NOT_PASSED] = None
     unknown = [f for f in res.failures if not f.known]
     if unknown:
-        return f"{unknown[0].kind}: {unknown[0].title}"
-    return res.reason
+        found[f"{unknown[0].kind}: {unknown[0].title}"] = None
+    found[res.reason] = None
+    return found
 
 
 def answer(res: CellResult, wanted: str | None) -> int:
@@ -120,7 +141,7 @@ def answer(res: CellResult, wanted: str | None) -> int:
         return SKIP if res.dropped_options else ABORT
     # build_dir is set once the kernel compiled: a build that does not is skipped
     if res.verdict == Verdict.FAIL and res.build_dir and (wanted is None
-                                                          or signature(res) == wanted):
+                                                          or wanted in names(res)):
         return BAD
     # a build that does not compile, another failure, QEMU or the host failing
     return SKIP
@@ -159,7 +180,9 @@ def run_step(tree: Path, run_cell: RunCell, wanted: str | None, steps_dir: Path,
     step = Step(rev, subject, {GOOD: "good", BAD: "bad", SKIP: "skip"}.get(code, "abort"),
                 res.verdict.value, res.reason or signature(res), round(build_s, 1),
                 round(time.monotonic() - start - build_s, 1), str(out),
-                patches=[str(p) for p in patches or []], dropped=list(res.dropped_options))
+                patches=[str(p) for p in patches or []], dropped=list(res.dropped_options),
+                signature=signature(res) if res.verdict == Verdict.FAIL else "",
+                passes=res.passes_proven())
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as f:
@@ -189,7 +212,7 @@ def bisect(tree: Path, good: str, bad: str, cell: Cell, out: Path, run_cell: Run
                     raise UserError(f"the cell does not fail at --bad {bad} "
                                     f"({step.verdict}: {step.reason or 'no failure'})",
                                     "nothing to bisect")
-                report.signature = "" if any_failure else step.reason
+                report.signature = "" if any_failure else step.signature
             elif code != GOOD:
                 raise UserError(f"the cell does not pass at --good {good} ({step.verdict}: "
                                 f"{step.reason}): are good and bad reversed?")
@@ -244,11 +267,11 @@ def _excerpt(report: Report) -> list[str]:
 
 
 def print_report(report: Report, out: TextIO) -> None:
-    out.write(f"\n{'rev':12}  {'answer':6}  {'build':>6}  {'run':>6}  reason\n")
+    out.write(f"\n{'rev':12}  {'answer':6}  {'passes':>6}  {'build':>6}  {'run':>6}  reason\n")
     for s in report.steps:
         tag = f" ({s.checked})" if s.checked else ""
-        out.write(f"{s.rev[:12]}  {s.answer:6}  {s.build_seconds:5.0f}s  {s.run_seconds:5.0f}s  "
-                  f"{s.reason}{tag}\n")
+        out.write(f"{s.rev[:12]}  {s.answer:6}  {s.passes:6d}  {s.build_seconds:5.0f}s  "
+                  f"{s.run_seconds:5.0f}s  {s.reason}{tag}\n")
     bisected = [s for s in report.steps if not s.checked]
     if report.first_bad:
         out.write(f"\nfirst bad commit: {report.first_bad} {report.subject}\n"

@@ -10,9 +10,9 @@ from harness.arches import Arch, get_arch
 # cells vary by command line and QEMU flags.
 KERNEL_FRAGMENTS: dict[str, tuple[str, ...]] = {
     "x86_64": ("cpa-test", "debug-pagealloc", "gbpages", "stats", "lkdtm", "flush-accounting",
-               "flush-times"),
-    "i386-pae": ("cpa-test", "debug-pagealloc", "stats", "lkdtm", "flush-accounting"),
-    "i386": ("cpa-test", "debug-pagealloc", "stats", "lkdtm", "flush-accounting"),
+               "flush-times", "exerciser"),
+    "i386-pae": ("cpa-test", "debug-pagealloc", "stats", "lkdtm", "flush-accounting", "exerciser"),
+    "i386": ("cpa-test", "debug-pagealloc", "stats", "lkdtm", "flush-accounting", "exerciser"),
 }
 
 
@@ -46,6 +46,14 @@ class Cell:
                                     # the periods after the first pass are watched
     deadline: float | None = None   # seconds for the whole cell; None: from the timeouts
     target: str = ""                # a lab box's name (the lab file's); "": a QEMU guest
+    # CPA exerciser modes run after the self-test periods (scenarios/exercise.py)
+    exercise: tuple[str, ...] = ()
+    exercise_threads: int = 0       # concurrent: most threads (0: every CPU)
+    # The fast self-test (kernel/fast_selftest.py): the period between passes
+    # in ms, 0 for the stock kernel's 30 s; and the passes seen after the first
+    # (in place of periods watched).
+    selftest_period_ms: int = 0
+    passes: int = 0
 
     def kexec_trips(self) -> list[str]:
         return list(self.kexec) * self.kexec_rounds

@@ -32,7 +32,8 @@ from harness.arches import ARCHES, get_arch
 from harness.cells import ALL_CELLS, KERNEL_FRAGMENTS, SMOKE, Cell, Expect
 from harness.console import known as known_issues
 from harness.errors import BuildError, HarnessError, InfraError, UserError
-from harness.kernel import kconfig, source
+from harness.kernel import fast_selftest, kconfig, source
+from harness.probes.exercise import MODES as EXERCISE_MODES
 from harness.results.cell import (
     EXIT_INTERRUPTED,
     CellResult,
@@ -98,6 +99,10 @@ def _add_step(p: argparse.ArgumentParser) -> None:
     p.add_argument("--any-failure", action="store_true",
                    help="any failure is bad (default: the same kind and title as at --bad)")
     p.add_argument("--periods", type=int, metavar="N", help="self-test periods after the first")
+    p.add_argument("--passes", type=int, metavar="N",
+                   help="good only after N passes after the first with the fast self-test "
+                        "(the tree patched, a second between passes), bad on the first "
+                        "failure: for a failure that shows once in many passes")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     p.add_argument("--make-jobs", type=int, default=0, metavar="N")
     p.add_argument("--patch", action="append", default=[], metavar="FILE|DIR",
@@ -150,6 +155,10 @@ def _args_report(p: argparse.ArgumentParser) -> None:
 def _args_history(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, metavar="FILE", help="the store (default: "
                    "history.sqlite in the data directory)")
+    p.add_argument("--cell", metavar="NAME", help="one cell's figures, run by run: verdict, "
+                   "GB pages at boot, 4k after the self-test, flushes, time to verdict")
+    p.add_argument("--last", type=int, default=20, metavar="N",
+                   help="with --cell, the last N runs (default 20)")
 
 
 def _args_compare(p: argparse.ArgumentParser) -> None:
@@ -172,6 +181,10 @@ def _args_boot(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kexec-target", type=Path, metavar="PATH",
                    help="kexec into this kernel (build directory, bzImage or vmlinux) "
                         "instead of the one booted")
+    p.add_argument("--exercise", action="append", default=[], metavar="MODE",
+                   choices=EXERCISE_MODES,
+                   help="after the self-test periods, run the CPA exerciser in this mode: "
+                        f"{', '.join(EXERCISE_MODES)} (repeatable)")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--interactive", action="store_true",
                      help="hand the serial console to you (Ctrl-] leaves); the ssh command "
@@ -387,7 +400,20 @@ def _one_cell(name: str, matrix: Path | None) -> Cell:
 def _cell_runner(args: argparse.Namespace) -> tuple[Cell, Callable[[Path, Path], CellResult]]:
     """The bisected cell, and how one revision's tree is run for it."""
     cell = _one_cell(args.cell, args.matrix)
-    if args.periods is not None:
+    if args.passes is not None:
+        if args.passes < 1:
+            raise UserError(f"--passes must be 1 or more, not {args.passes}")
+        if args.periods is not None:
+            raise UserError("--passes and --periods cannot go together",
+                            "the fast self-test counts passes, not periods")
+        if cell.scenario != "cpa":
+            raise UserError(f"--passes counts self-test passes, and cell {cell.name} runs the "
+                            f"{cell.scenario} scenario", "bisect a cpa cell")
+        # the matrix's deadline was for its own passes: the budget follows N
+        cell = replace(fast_selftest.make_fast(
+            cell, cell.selftest_period_ms or fast_selftest.DEFAULT_PERIOD_MS, args.passes),
+            deadline=None)
+    elif args.periods is not None:
         cell = replace(cell, periods=args.periods)
     known = known_issues.load(paths.KNOWN_ISSUES)
 
@@ -401,10 +427,20 @@ def _cell_runner(args: argparse.Namespace) -> tuple[Cell, Callable[[Path, Path],
     return cell, run_cell
 
 
+def _step_patches(args: argparse.Namespace) -> list[Path]:
+    """--patch's files (a missing one: a user error now), and with --passes the
+    fast self-test's patch, applied in place like them at each step."""
+    patches = source.patch_files(args.patch)
+    if args.passes is not None and fast_selftest.PATCH.resolve() not in \
+            [p.resolve() for p in patches]:
+        patches.append(fast_selftest.PATCH)
+    return patches
+
+
 def _cmd_bisect_step(args: argparse.Namespace) -> int:
     from harness import bisect
     _, run_cell = _cell_runner(args)
-    patches = source.patch_files(args.patch)    # a missing patch: a user error now
+    patches = _step_patches(args)
     if not args.any_failure and not args.signature:
         raise UserError("bisect-step needs --signature 'kind: title' or --any-failure")
     return bisect.main_step(Path.cwd(), run_cell, None if args.any_failure else
@@ -414,11 +450,13 @@ def _cmd_bisect_step(args: argparse.Namespace) -> int:
 def _cmd_bisect(args: argparse.Namespace) -> int:
     from harness import bisect
     cell, run_cell = _cell_runner(args)
-    patches = source.patch_files(args.patch)    # a missing patch: a user error now
+    patches = _step_patches(args)
     bisect.check_tree(Path(args.tree).resolve(), args.good, args.bad)  # before any output
     out = args.out or _out_dir(None)
     step = [sys.executable, "-m", "harness", "bisect-step", "--cell", cell.name,
-            "--accel", args.accel, "--periods", str(cell.periods)]
+            "--accel", args.accel]
+    step += ["--passes", str(args.passes)] if args.passes is not None else \
+        ["--periods", str(cell.periods)]
     if args.matrix:
         step += ["--matrix", str(args.matrix.resolve())]
     if args.make_jobs:
@@ -439,10 +477,11 @@ def _publish(run_dir: Path, db: Path | None) -> None:
     """KCIDB JSON beside the results, and the run in the history store. Neither
     may cost the results already written: a failure is one warning line."""
     from harness.results import history, html, kcidb
+    store = db or history.default_db()
+    # history first: the HTML report plots each cell's last runs, this one included
     for what, do in (("KCIDB JSON", lambda: kcidb.write_kcidb(run_dir)),
-                     ("HTML report", lambda: html.write_html(run_dir)),
-                     ("history", lambda: history.record_run(db or history.default_db(),
-                                                            run_dir))):
+                     ("history", lambda: history.record_run(store, run_dir)),
+                     ("HTML report", lambda: html.write_html(run_dir, store))):
         try:
             do()
         except HarnessError as e:
@@ -494,7 +533,12 @@ def _cmd_boot(args: argparse.Namespace) -> int:
         check_method(method, get_arch(args.arch))
     cell = Cell(f"{args.arch}-boot", args.arch, KERNEL_FRAGMENTS[args.arch],
                 cmdline=args.cmdline, cpu=args.cpu, memory_mb=args.memory,
-                smp=args.smp, expect=Expect(), kexec=tuple(args.kexec))
+                smp=args.smp, expect=Expect(), kexec=tuple(args.kexec),
+                exercise=tuple(dict.fromkeys(args.exercise)))
+    if cell.exercise and (args.interactive or args.ssh):
+        raise UserError("--exercise runs in a checked boot, not in a session",
+                        "leave out --interactive/--ssh; the module is in the build "
+                        "directory's cpa-exercise/ for a session of your own")
     session = "interactive" if args.interactive else "ssh" if args.ssh else None
     return _do_run(args, [cell], kexec_target=args.kexec_target, session=session)
 
@@ -521,7 +565,13 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_history(args: argparse.Namespace) -> int:
     from harness.results import history
-    sys.stdout.write(history.format_runs(history.list_runs(args.db or history.default_db())))
+    db = args.db or history.default_db()
+    if args.cell:
+        _positive("--last", args.last)
+        sys.stdout.write(history.format_cell_history(
+            args.cell, history.cell_history(db, args.cell, args.last)))
+        return 0
+    sys.stdout.write(history.format_runs(history.list_runs(db)))
     return 0
 
 

@@ -16,6 +16,13 @@
     kexec = ["kexec_load", "kexec_file_load"]
     kexec_rounds = 1
     workload = "..."        # guest shell command run while the periods are watched
+    exercise = ["cache"]    # CPA exerciser modes after the periods: cache, concurrent,
+                            # alloc-fail (guest/exerciser/cpa_exercise.c)
+    exercise_threads = 0    # concurrent: most threads (0: every CPU)
+    # or, instead of periods, the fast self-test (the tree patched with
+    # guest/patches/cpa-test-period.patch; 0 for a stock cell):
+    # selftest_period_ms = 1000 # between passes after the first, each printed
+    # passes = 20           # passes seen after the first
     deadline = 1800         # seconds for the whole cell (default: from the timeouts)
     fragments = []          # extra Kconfig fragments (each distinct set is a build)
     expect = { gbpages = true, debug_pagealloc = false, direct_map_all_4k = false }
@@ -34,7 +41,8 @@ from harness.arches import ARCHES, get_arch
 from harness.cells import KERNEL_FRAGMENTS, Cell, Expect
 from harness.errors import UserError
 from harness.files import read_toml
-from harness.kernel import kconfig
+from harness.kernel import fast_selftest, kconfig
+from harness.probes.exercise import MODES as EXERCISE_MODES
 from harness.scenarios.kexec import METHODS, check_method
 from harness.target.qemu import BASE_CMDLINE
 from harness.target.serial import NONCE_PARAM
@@ -54,6 +62,7 @@ CELL_KEYS: dict[str, type] = {
     "name": str, "arch": str, "cmdline": str, "cpu": str, "memory": int, "smp": int,
     "numa": int, "scenario": str, "periods": int, "kexec": list, "kexec_rounds": int,
     "workload": str, "fragments": list, "expect": dict, "deadline": int, "target": str,
+    "exercise": list, "exercise_threads": int, "selftest_period_ms": int, "passes": int,
 }
 EXPECT_KEYS = ("gbpages", "debug_pagealloc", "direct_map_all_4k")
 
@@ -136,7 +145,13 @@ def load(path: Path) -> Matrix:
         if name in seen:
             raise where.fail(name, "name", "a second cell has this name")
         seen.add(name)
-        cells.append(_cell(where, name, {**defaults, **raw}))
+        merged = {**defaults, **raw}
+        # the defaults' periods are for stock cells, their passes for fast ones
+        if merged.get("selftest_period_ms") and "periods" not in raw:
+            merged.pop("periods", None)
+        if not merged.get("selftest_period_ms") and "passes" not in raw:
+            merged.pop("passes", None)
+        cells.append(_cell(where, name, merged))
     description = doc.get("description", "")
     if not isinstance(description, str):
         raise where.fail(None, "description", "must be a string")
@@ -218,13 +233,46 @@ def _cell(where: _Where, name: str, raw: dict[str, Any]) -> Cell:
                                        f"(smp = {smp}): one socket per node")
     if scenario == "selfcheck" and kexec:
         raise where.fail(name, "kexec", "the selfcheck scenario does no kexec")
-    return Cell(
+    modes = raw.get("exercise", [])
+    for mode in modes:
+        if not isinstance(mode, str) or mode not in EXERCISE_MODES:
+            raise where.fail(name, "exercise", f"unknown mode {_shown(mode)}",
+                             f"one of {', '.join(EXERCISE_MODES)}")
+    if modes and scenario != "cpa":
+        raise where.fail(name, "exercise", f"the {scenario} scenario runs no exerciser")
+    period_ms, passes, periods = _fast_selftest(where, name, raw, scenario)
+    cell = Cell(
         name=name, arch=arch_name, fragments=tuple(fragments), cmdline=cmdline,
         cpu=raw.get("cpu"), memory_mb=_positive(where, name, raw, "memory", 2048, low=64),
         smp=smp, numa_nodes=numa, scenario=scenario,
-        periods=_positive(where, name, raw, "periods", 1, low=0),
-        expect=Expect(**expect_raw), kexec=tuple(kexec),
+        periods=periods, expect=Expect(**expect_raw), kexec=tuple(kexec),
         kexec_rounds=_positive(where, name, raw, "kexec_rounds", 1),
         ssh=scenario == "cpa", workload=raw.get("workload", ""),
         deadline=_positive(where, name, raw, "deadline", 0, low=60) if "deadline" in raw
-        else None, target=raw.get("target", ""))
+        else None, target=raw.get("target", ""), exercise=tuple(modes),
+        exercise_threads=_positive(where, name, raw, "exercise_threads", 0, low=0))
+    return fast_selftest.make_fast(cell, period_ms, passes) if period_ms else cell
+
+
+def _fast_selftest(where: _Where, name: str, raw: dict[str, Any],
+                   scenario: str) -> tuple[int, int, int]:
+    """(period in ms, passes after the first, periods) of a cell: a fast
+    self-test counts printed passes, so it takes no periods."""
+    if fast_selftest.PARAM in raw.get("cmdline", ""):
+        raise where.fail(name, "cmdline", f"{fast_selftest.PARAM} is set by the cell's "
+                                          "selftest_period_ms", "set that key instead: it "
+                                          "also patches the kernel to take it")
+    if not raw.get("selftest_period_ms", 0):     # 0: a stock cell, whatever the defaults say
+        if "passes" in raw:
+            raise where.fail(name, "passes", "counts the fast self-test's passes",
+                             "set selftest_period_ms too, or use periods")
+        return 0, 0, _positive(where, name, raw, "periods", 1, low=0)
+    if scenario != "cpa":
+        raise where.fail(name, "selftest_period_ms", f"the {scenario} scenario watches "
+                                                     "no self-test passes")
+    if "periods" in raw:
+        raise where.fail(name, "periods", "a fast self-test counts passes, not periods",
+                         "use passes (each pass is printed)")
+    period = _positive(where, name, raw, "selftest_period_ms", 0,
+                       low=fast_selftest.MIN_PERIOD_MS)
+    return period, _positive(where, name, raw, "passes", fast_selftest.DEFAULT_PASSES), 0

@@ -26,7 +26,7 @@ from harness.console.known import KnownIssue
 from harness.errors import BuildError, HarnessError, OptionsDropped, UserError
 from harness.image import initramfs
 from harness.kernel import build as kbuild
-from harness.kernel import kconfig, source
+from harness.kernel import fast_selftest, kconfig, source
 from harness.progress import Live, reporting, say
 from harness.results.cell import CellResult, Verdict, write_cell, write_summary
 from harness.scenarios import cpa, kexec, selfcheck
@@ -65,8 +65,10 @@ def new_run_dir(base: Path) -> Path:
     return d
 
 
-def _build_key(cell: Cell, opts: RunOptions) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    return (cell.arch, tuple(cell.fragments) + opts.extra_fragments, cell.sets + opts.sets)
+def _build_key(cell: Cell, opts: RunOptions) -> tuple[str, tuple[str, ...], tuple[str, ...],
+                                                      bool]:
+    return (cell.arch, tuple(cell.fragments) + opts.extra_fragments, cell.sets + opts.sets,
+            bool(cell.selftest_period_ms))
 
 
 def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
@@ -179,9 +181,13 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
     runnable = []
 
     def build(cell: Cell, own: tuple[Path, Path] | None) -> kbuild.Build:
-        _, fragments, sets = _build_key(cell, opts)
+        _, fragments, sets, fast = _build_key(cell, opts)
         arch = cell.arch_params
-        req = kbuild.BuildRequest(src, arch, kbuild.fragments_for(
+        # the fast self-test's cells: their own kernel, from the tree with its patch
+        tree = _once(memo, "fast-selftest-source", partial(
+            source.with_patches, src, [fast_selftest.PATCH], cache)) \
+            if fast and not fast_selftest.applied(src.path) else src
+        req = kbuild.BuildRequest(tree, arch, kbuild.fragments_for(
                                       arch, list(fragments), "box" if own else "base"), sets,
                                   **({"jobs": opts.make_jobs} if opts.make_jobs else {}),
                                   reuse_dir=opts.reuse_build_dir,
@@ -215,8 +221,8 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
 
     for cell in cells:
         try:
-            if opts.periods is not None:
-                cell = replace(cell, periods=opts.periods)
+            if opts.periods is not None and not cell.selftest_period_ms:
+                cell = replace(cell, periods=opts.periods)     # a fast cell counts passes
             if opts.kexec_rounds is not None:
                 cell = replace(cell, kexec_rounds=opts.kexec_rounds)
             box = _box(cell, opts, memo)

@@ -22,6 +22,7 @@ from typing import Any
 import pexpect
 
 from harness.console import Failure
+from harness.kernel import fast_selftest
 from harness.probes import stats
 from harness.scenarios import kexec
 from harness.target.base import Target, Targets, Timeouts
@@ -67,6 +68,16 @@ class Script:
     # kthread's 30 s, scaled as the tests scale the period), or stuck after it.
     pass_every: float = 1.0
     stuck: bool = False
+    # The fast self-test's patched kernel: its cpa_test.period_ms as sysfs
+    # shows it (None: a stock kernel, no such file), and every pass printed
+    # in full rather than silent; printed passes after the first, at most
+    period_ms: int | None = None
+    printed_passes: int = 0
+    # The CPA exerciser: its kernel log lines, from a real run (a mode's lines
+    # of tests/data/exerciser/x86_64-6.12-clflush.log), with the run id the
+    # harness asks for; or no end at all (stuck in CPA)
+    exercise_lines: dict[str, list[str]] = field(default_factory=dict)
+    exercise_stuck: bool = False
 
 
 class FakeMachine:
@@ -82,6 +93,7 @@ class FakeMachine:
         self.ended: Ending | None = None
         self.hung = False
         self.commands: list[str] = []
+        self.exercise_runs: list[tuple[str, str]] = []
         self.ssh_commands = 0
         self.boot(nonce, first=True)
 
@@ -96,6 +108,9 @@ class FakeMachine:
                              "cpa-guest:/# "])
         self.ready_at = time.monotonic()
         self.at(self.script.first_pass_after, FIRST_PASS)
+        if not self.script.stuck:
+            for k in range(1, self.script.printed_passes + 1):
+                self.at(self.script.first_pass_after + k * self.script.pass_every, FIRST_PASS)
         if first:
             for delay, lines in self.script.later:
                 self.at(delay, lines)
@@ -153,6 +168,10 @@ class FakeMachine:
         self.commands.append(command)
         if command == "cat /proc/cmdline":
             return 0, self.cmdline + "\n"
+        if command == f"cat {fast_selftest.SYSFS}":
+            if self.script.period_ms is None:
+                return 1, f"cat: can't open '{fast_selftest.SYSFS}': No such file or directory\n"
+            return 0, f"{self.script.period_ms}\n"
         if "/proc/config.gz" in command:
             return 0, "NO-IKCONFIG\n"
         if command == "cat /proc/cpuinfo":
@@ -174,6 +193,24 @@ class FakeMachine:
         if command in ("true", "dmesg | grep 'Hypervisor detected' || true") or \
                 command.startswith("kill "):
             return 0, ""
+        return self.exerciser(command)
+
+    def exerciser(self, command: str) -> tuple[int, str]:
+        """insmod in the background, its rc file, rmmod, dmesg, fail_page_alloc."""
+        started = re.search(r"insmod \S+ mode=(\S+) run=(\S+)", command)
+        if started:
+            self.exercise_runs.append((started.group(1), started.group(2)))
+            return 0, ""
+        if re.fullmatch(r"cat /tmp/\S+\.rc 2>/dev/null", command):
+            return (1, "") if self.script.exercise_stuck else (0, "0\n")
+        if command.startswith(("cat /tmp/", "rmmod ", "echo N > /sys/kernel/debug/")):
+            return 0, ""
+        if command.startswith("dmesg | grep -e 'cpa_exercise: run='"):
+            out = []
+            for mode, run in self.exercise_runs:
+                for line in self.script.exercise_lines.get(mode, []):
+                    out.append(re.sub(r"run=\S+", f"run={run}", line))
+            return 0, "".join(f"{ln}\n" for ln in out)
         return 1, f"sh: {command.split()[0]}: not found\n"
 
 

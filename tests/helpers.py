@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def qemu_pids(marker: str) -> list[int]:
@@ -65,3 +67,16 @@ def as_from_a_terminal() -> None:
     import signal
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
+def run_passing_matrix(where: Path, matrix: str) -> dict[str, dict[str, Any]]:
+    """`cpa-harness run` of a matrix's cells (two at a time) into where/run, which
+    must pass; each cell's result.json by name."""
+    from harness.cli import main
+    (where / "m.toml").write_text(matrix)
+    code = main(["run", "--matrix", str(where / "m.toml"), "--jobs", "2",
+                 "--out", str(where / "run")])
+    cells = {p.parent.name: json.loads(p.read_text())
+             for p in (where / "run" / "cells").glob("*/result.json")}
+    assert code == 0, {n: (c["verdict"], c["reason"]) for n, c in cells.items()}
+    return cells

@@ -8,6 +8,7 @@ kernels built and booted at each step -- is tests/test_bisect_boot.py.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -157,3 +158,60 @@ def test_patches_are_applied_for_each_run_and_taken_off_after(repo: Path,
     code, s = bisect.run_step(repo, cell, None, tmp_path / "steps", None, [bad])
     assert code == bisect.SKIP and "bad.patch does not apply here" in s.reason
     assert sh(repo, "status", "--porcelain") == ""
+
+
+def test_the_self_tests_not_passed_is_one_failure_whatever_its_report_is_titled() -> None:
+    """At --bad the WARN that carries "NOT PASSED." was seen whole; at a later
+    step only its message line was (or the other way round): the same failure.
+    A signature given by hand as the report's title still matches."""
+    def failed(title: str) -> CellResult:
+        res = CellResult(name=CELL.name, arch=CELL.arch, build_dir="/b", verdict=Verdict.FAIL,
+                         reason=f"cpa_selftest: {title}")
+        res.failures.append(CellFailure(Failure("cpa_selftest", title, 1, 1, 2,
+                                                ("NOT PASSED. Please report.",)), 0))
+        res.cpa_selftest = [{"result": "fail", "boot": 0}]
+        return res
+
+    whole, message = failed("WARNING in pageattr_test"), failed("CPA self-test NOT PASSED")
+    assert bisect.signature(whole) == bisect.signature(message) == bisect.NOT_PASSED
+    assert bisect.answer(message, bisect.signature(whole)) == bisect.BAD
+    assert bisect.answer(whole, "cpa_selftest: WARNING in pageattr_test") == bisect.BAD
+    other = failed("BUG in free_pages")
+    other.cpa_selftest = [{"result": "pass", "boot": 0}]
+    assert bisect.answer(other, bisect.NOT_PASSED) == bisect.SKIP
+
+
+def test_passes_bisects_with_the_fast_self_test_patched_in_place(repo: Path,
+                                                                 tmp_path: Path) -> None:
+    """--passes N: the cell becomes a fast one (a pass a second, N passes after
+    the first for good), and the fast self-test's patch joins the patches
+    each step applies in place; each step says how many passes it rests on."""
+    from harness.cli import _cell_runner, _step_patches, build_parser
+    from harness.kernel import fast_selftest
+    args = build_parser().parse_args(["bisect-step", "--cell", "i386", "--passes", "40"])
+    cell, _ = _cell_runner(args)
+    assert (cell.selftest_period_ms, cell.passes, cell.periods) == (1000, 40, 0)
+    assert cell.cmdline.split()[-1] == "cpa_test.period_ms=1000"
+    assert _step_patches(args) == [fast_selftest.PATCH]
+    again = build_parser().parse_args(["bisect-step", "--cell", "i386", "--passes", "40",
+                                       "--patch", str(fast_selftest.PATCH)])
+    assert _step_patches(again) == [fast_selftest.PATCH]        # not twice
+    for bad in (["--passes", "0"], ["--passes", "3", "--periods", "2"],
+                ["--passes", "3", "--cell", "selfcheck-i386"]):
+        with pytest.raises(UserError, match="--passes"):
+            _cell_runner(build_parser().parse_args(["bisect-step", "--cell", "i386", *bad]))
+
+    def cell_with_passes(tree: Path, out: Path) -> CellResult:
+        res = fake_cell(tree, out)
+        res.cpa_selftest = [{"result": "pass"}] * (1 if res.verdict == Verdict.FAIL else 41)
+        return res
+
+    code, step = bisect.run_step(repo, cell_with_passes, None, tmp_path / "steps", None)
+    assert (code, step.passes) == (bisect.BAD, 1)
+    sh(repo, "checkout", "-q", "HEAD~5")
+    code, step = bisect.run_step(repo, cell_with_passes, None, tmp_path / "steps", None)
+    assert (code, step.passes) == (bisect.GOOD, 41)
+    report = bisect.Report("t", "c", "g", "b", "", steps=[step])
+    out = io.StringIO()
+    bisect.print_report(report, out)
+    assert out.getvalue().splitlines()[2].split()[:3] == [step.rev[:12], "good", "41"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from harness.console import Analysis, ConsoleParser, SelftestDone
 
 SPLIT = " 4k 3072 large 510 gb 3 x 2560[ffff888000000000-ffff8880bfffffff] miss 0"
@@ -181,3 +184,20 @@ def test_selftest_json() -> None:
     assert doc["splits"][0] == {"4k": 3072, "large": 510, "gb": 3, "x": 2560,
                                 "x_range": [0xffff888000000000, 0xffff8880bfffffff],
                                 "miss": 0, "line": 2}
+
+
+def test_the_warning_of_not_passed_printed_seconds_later_is_the_same_failure() -> None:
+    """tests/data/logs/x86_64-cpa-selftest-not-passed.log, as a loaded host can
+    print it: WARN's printk of "NOT PASSED." printed a backlog of other lines
+    to the console first, so the WARNING line after it is stamped 3 s later.
+    The failure's title must not depend on that delay (a bisect compares it)."""
+    text = (Path(__file__).parent / "data" / "logs"
+            / "x86_64-cpa-selftest-not-passed.log").read_text()
+    head, tail = text.split("NOT PASSED. Please report.\n", 1)
+    late = re.sub(r"^\[\s*(\d+\.\d+)\]", lambda m: f"[{float(m[1]) + 3:12.6f}]", tail,
+                  flags=re.M)
+    assert late != tail
+    for log in (text, head + "NOT PASSED. Please report.\n" + late):
+        analysis, _ = run(log)
+        titles = [f.title for f in analysis.boots[0].failures if f.kind == "cpa_selftest"]
+        assert titles == ["WARNING in pageattr_test"], titles

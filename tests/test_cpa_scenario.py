@@ -11,9 +11,10 @@ import pytest
 from fake_target import NOT_PASSED, FakeTargets, Script
 
 from harness.cells import SMOKE, Cell
+from harness.errors import BuildError
 from harness.kernel.build import Build
 from harness.results.cell import CellResult, Verdict
-from harness.scenarios import cpa
+from harness.scenarios import cpa, exercise
 from harness.scenarios.context import CellContext
 from harness.target import console
 
@@ -92,6 +93,46 @@ def test_a_guest_that_stops_answering_is_a_hang(tmp_path: Path) -> None:
     assert [f.kind for f in res.failures] == ["hang"]
 
 
+
+FAST_I386 = replace(I386, selftest_period_ms=100, passes=5, periods=0,
+                    cmdline="cpa_test.period_ms=100")
+
+
+def test_a_fast_self_test_counts_its_printed_passes(tmp_path: Path) -> None:
+    res, _ = run_cell(tmp_path, Script(period_ms=100, printed_passes=8, pass_every=0.2),
+                      FAST_I386)
+    assert (res.verdict, res.reason) == (Verdict.PASS, "")
+    assert res.periods == [] and res.periods_watched == 0
+    f = res.fast_selftest
+    # counted from the first pass: those printed while the harness read its
+    # statistics count too, so there may be more than wanted
+    assert (f["patch"], f["period_ms"], f["passes_wanted"]) == ("cpa-test-period.patch", 100, 5)
+    assert 5 <= f["passes_seen"] <= 8
+    # passes 0.2 s apart: 300 a minute, give or take the console's reading
+    assert 200 <= f["per_minute"] <= 375, f
+    # each pass is proof of itself, split lines and all
+    assert res.passes_proven() >= 6 and res.selftest_summary().endswith(" pass")
+    assert all(len(p["splits"]) == 3 for p in res.cpa_selftest)
+    assert [s["label"] for s in res.stats["snapshots"]][-1] == "passes"
+
+
+def test_a_fast_self_test_that_stops_printing_passes_is_stuck(tmp_path: Path) -> None:
+    res, _ = run_cell(tmp_path, Script(period_ms=100, printed_passes=2, pass_every=0.2),
+                      FAST_I386)
+    assert (res.verdict, res.reason) == (Verdict.FAIL, "cpa_selftest: CPA self-test ran no pass")
+    [f] = res.failures
+    assert f.failure.report[0].startswith("2 of 5 passes after the first, none in the last "), \
+        f.failure.report
+    assert res.fast_selftest["passes_seen"] == 2
+
+
+def test_a_fast_cell_on_a_stock_kernel_is_refused(tmp_path: Path) -> None:
+    res, _ = run_cell(tmp_path, Script(period_ms=None), FAST_I386)
+    assert res.verdict == Verdict.USER_ERROR
+    assert res.reason.startswith("the kernel does not run the fast self-test "
+                                 "(/sys/module/cpa_test/parameters/period_ms: cat: can't open"), \
+        res.reason
+
 def test_a_kexec_that_never_arrives_fails_the_kernel(tmp_path: Path) -> None:
     cell = replace(I386, kexec=("kexec_load",))
     res, _ = run_cell(tmp_path, Script(kexec_arrives=False), cell)
@@ -126,3 +167,73 @@ def test_ssh_dying_mid_command_while_the_serial_shell_answers_is_infrastructure(
 def test_ssh_dying_with_the_whole_guest_is_a_hang(tmp_path: Path) -> None:
     res, _ = run_cell(tmp_path, Script(ssh_dies_after=3, dies_with_ssh=True))
     assert res.verdict == Verdict.FAIL and res.reason.startswith("hang: "), res.reason
+
+
+def exercise_lines(mode: str) -> list[str]:
+    """A mode's kernel log lines from the real run in tests/data/exerciser."""
+    text = (Path(__file__).parent / "data" / "exerciser" / "x86_64-6.12-clflush.log").read_text()
+    return [ln for ln in text.splitlines() if f"cpa_exercise: run={mode}-" in ln
+            or (mode == "alloc-fail" and "FAULT_INJECTION" in ln)]
+
+
+@pytest.fixture
+def module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    ko = tmp_path / "cpa_exercise.ko"
+    ko.write_bytes(b"\x7fELF")
+    monkeypatch.setattr(exercise.exerciser, "build_module", lambda build: ko)
+    return ko
+
+
+def test_the_exerciser_runs_each_mode_after_the_periods(tmp_path: Path, module: Path) -> None:
+    script = Script(exercise_lines={m: exercise_lines(m) for m in ("cache", "alloc-fail")})
+    res, targets = run_cell(tmp_path, script, replace(I386, exercise=("cache", "alloc-fail")))
+    assert (res.verdict, res.reason) == (Verdict.PASS, "")
+    [cache, fail] = res.exercise["modes"]
+    assert [m["mode"] for m in (cache, fail)] == ["cache", "alloc-fail"]
+    assert cache["problems"] == [] and cache["done"]["mismatches"] == 0
+    assert fail["summary"]["injected"] == fail["injected_reports"] == 3
+    machine = targets.made[0].machine
+    # one insmod per mode, each with its own run id, after the self-test's period
+    assert [mode for mode, _ in machine.exercise_runs] == ["cache", "alloc-fail"]
+    assert len({run for _, run in machine.exercise_runs}) == 2
+    first = next(i for i, c in enumerate(machine.commands) if "insmod" in c)
+    assert res.periods_watched == 1 and first > len(machine.commands) // 2
+    assert any("fail_page_alloc/ignore-gfp-wait" in c for c in machine.commands)
+
+
+def test_an_exerciser_that_never_ends_is_the_kernels_hang(tmp_path: Path, module: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    monkeypatch.setattr(exercise, "POLL", 0.05)
+    script = Script(exercise_lines={"cache": exercise_lines("cache")}, exercise_stuck=True)
+    res, _ = run_cell(tmp_path, script, replace(I386, exercise=("cache",)))
+    assert res.verdict == Verdict.FAIL and res.reason.startswith("hang: "), res.reason
+    assert "CPA exerciser" in res.reason
+
+
+def test_a_page_with_another_attribute_fails_the_cell(tmp_path: Path, module: Path) -> None:
+    lines = exercise_lines("cache")
+    rid = lines[0].split("run=")[1].split()[0]
+    lines.insert(-1, f"[   36.700000][  T127] cpa_exercise: run={rid} mismatch after=uc "
+                     "addr=0xffff888004a3c000 want=UC- found=WB level=4k entry=0x8000000004a3c163")
+    res, _ = run_cell(tmp_path, Script(exercise_lines={"cache": lines}),
+                      replace(I386, exercise=("cache",)))
+    assert (res.verdict, res.reason) == (Verdict.FAIL, "cpa_exercise: cache: page attribute "
+                                                       "mismatch")
+    [f] = res.failures
+    assert "page 0xffff888004a3c000 is WB after uc, not UC-" in f.failure.report[0]
+
+
+def test_without_ssh_or_a_module_the_modes_are_unavailable(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    def broken(build: Build) -> Path:
+        raise BuildError("building the CPA exerciser module for i386 failed (log: x)",
+                         errors=["guest/exerciser/cpa_exercise.c:12:1: error: expected ';'"])
+    monkeypatch.setattr(exercise.exerciser, "build_module", broken)
+    res, _ = run_cell(tmp_path, Script(), replace(I386, exercise=("cache",)))
+    assert res.verdict == Verdict.PASS
+    assert res.exercise["unavailable"].endswith("cpa_exercise.c:12:1: error: expected ';'")
+    (tmp_path / "b").mkdir()
+    res, _ = run_cell(tmp_path / "b", Script(), replace(I386, exercise=("cache",), ssh=False))
+    assert res.exercise["unavailable"] == "the exerciser needs ssh into the guest"

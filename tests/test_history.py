@@ -320,13 +320,16 @@ def test_verdict_fixes_and_cells_that_come_and_go(db: Path, tmp_path: Path) -> N
     changes = {x.name: (x.verdict_a, x.verdict_b, x.change) for x in c.cells}
     assert changes == {
         CELL: ("fail", "pass", "fixed"),
-        "i386": ("pass", "infra-error", "changed"),
+        "i386": ("pass", "infra-error", "regression"),
         "i386-pae": ("pass", None, "disappeared"),
         "x86_64-debug-pagealloc": (None, "pass", "appeared"),
     }
-    # Only pass -> fail is a regression: an infrastructure error says nothing of the kernel.
-    assert not c.has_regressions
-    assert sorted(f.kind for f in c.warnings) == ["appeared", "disappeared", "verdict-changed"]
+    # Every lost pass is a regression, whatever took its place; a new cell is noted.
+    assert sorted((f.cell, f.kind) for f in c.regressions) == [
+        ("i386", "verdict"), ("i386-pae", "disappeared")]
+    assert [f.message for f in c.regressions if f.cell == "i386"] == [
+        "pass -> infra-error: i386 infra-error"]
+    assert [(f.cell, f.kind) for f in c.warnings] == [("x86_64-debug-pagealloc", "appeared")]
 
 
 def test_format_comparison(db: Path, tmp_path: Path) -> None:
@@ -442,11 +445,32 @@ def test_a_store_from_the_first_schema_is_migrated_and_reads_as_before(tmp_path:
         versions = [v for (v,) in conn.execute("SELECT version FROM schema_version")]
         rows = [tuple(r) for r in conn.execute("SELECT name, verdict, dm_1g_kb FROM cells")]
         targets = {t for (t,) in conn.execute("SELECT target FROM cells")}
-    assert versions == [1, 2] and rows == before and targets == {None}   # QEMU cells
+    assert versions == [1, 2, 3] and rows == before and targets == {None}   # QEMU cells
     # and it takes new runs, compared with the old one as ever
     history.record_run(db, DATA)
     c = history.compare(db, "sample", "sample")
     assert not [f for f in c.findings if f.severity == "regression"]
+
+
+
+def test_a_store_that_says_the_version_without_its_columns_gets_them(tmp_path: Path) -> None:
+    """A development build between two versions wrote "schema 3" with only the
+    first of its columns; the HTML report's plots then failed on dm_boot. The
+    columns are added, empty, and the store reads and takes runs."""
+    db = tmp_path / "v1.sqlite"
+    shutil.copyfile(OLD_STORE, db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE cells ADD COLUMN target TEXT")
+        conn.execute("ALTER TABLE cells ADD COLUMN exercise TEXT")
+        conn.executemany("INSERT INTO schema_version (version) VALUES (?)", [(2,), (3,)])
+    [row] = history.cell_history(db, "x86_64-gbpages")
+    assert row["verdict"] == "user-error" and row["metrics"]["DirectMap1G"] == 0
+    with sqlite3.connect(db) as conn:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(cells)")}
+        versions = [v for (v,) in conn.execute("SELECT version FROM schema_version")]
+    assert {"dm_boot", "config_hash"} <= columns and versions == [1, 2, 3]
+    history.record_run(db, DATA)
+    assert {r["id"] for r in history.list_runs(db)} == {"sample", "history-a"}
 
 
 LABBOX = Path(__file__).parent / "data" / "runs" / "labbox"
@@ -487,3 +511,110 @@ def test_box_cells_of_the_first_schema_are_on_an_unknown_box(tmp_path: Path) -> 
     history.list_runs(db)
     with sqlite3.connect(db) as conn:
         assert {t for (t,) in conn.execute("SELECT target FROM cells")} == {"box:?"}
+
+
+EXERCISE = Path(__file__).parent / "data" / "runs" / "exercise"
+
+
+def test_the_exercisers_modes_are_compared(tmp_path: Path) -> None:
+    """tests/data/runs/exercise: a real run of the three modes (x86_64, CLFLUSH).
+    Against itself nothing changes; against a copy whose cache mode did full
+    write-backs instead (as without CLFLUSH) and failed a check, both are
+    regressions."""
+    db = tmp_path / "h.sqlite"
+    history.record_run(db, EXERCISE)
+    worse = tmp_path / "worse"
+    shutil.copytree(EXERCISE, worse)
+    path = worse / "cells" / "x86_64-boot" / "result.json"
+    doc = json.loads(path.read_text())
+    cache = next(m for m in doc["exercise"]["modes"] if m["mode"] == "cache")
+    assert cache["flush"]["full_flush"] == 0 and cache["problems"] == []
+    cache["flush"]["full_flush"] = 104
+    cache["problems"] = ["page 0xffff888004a3c000 is WB after uc, not UC- (4k entry 0x1)"]
+    path.write_text(json.dumps(doc))
+    same = history.compare(db, "exercise", "exercise")
+    [cell] = same.cells
+    assert cell.metrics["exercise:cache:cache_range"] == (18700, 18700)
+    assert not same.findings
+    found = history.compare(db, "exercise", worse)
+    assert sorted((f.kind, f.severity) for f in found.findings) == [
+        ("exercise-check", "regression"), ("more-flushes", "regression")]
+    assert any("cache mode: full_flush calls (WBINVD) 0 -> 104" in f.message
+               for f in found.findings)
+
+
+def test_large_pages_each_kernel_booted_with_are_compared(db: Path, tmp_path: Path) -> None:
+    """history-a's GB-page cell, a real run: its second kexec'd kernel booted
+    with 1 GiB of its direct map in a 1G page (page-table dump), which the
+    self-test split before the end. Only the boot figures can show it lost: a
+    copy whose kernel booted without it is a regression, named."""
+    doc = json.loads((DATA / "cells" / CELL / "result.json").read_text())
+    boot_1g = [(rt["stats"]["after"]["ptdump"] or {}).get("DirectMap1G") for rt in doc["kexec"]]
+    assert any(boot_1g), boot_1g
+    n = next(i for i, v in enumerate(boot_1g) if v)
+
+    def lost(d: Doc) -> None:
+        dump = d["kexec"][n]["stats"]["after"]["ptdump"]
+        dump["DirectMap2M"] += dump["DirectMap1G"]
+        dump["DirectMap1G"] = 0
+    a, b = derive(tmp_path, "a"), derive(tmp_path, "b", lost)
+    assert not history.compare(db, a, a).findings
+    c = history.compare(db, a, b)
+    [f] = c.regressions
+    assert f.kind == "large-pages-lost"
+    assert f.message.startswith(f"DirectMap1G in kexec'd kernel {n + 1} at boot (page-table "
+                                f"dump) {boot_1g[n]} -> 0 kB")
+
+
+def test_history_of_one_cell_run_by_run(db: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two real-run copies, the later one with GB pages lost at boot."""
+    from harness.cli import main
+
+    def lost(d: Doc) -> None:
+        for rt in d["kexec"]:
+            rt["stats"]["after"]["ptdump"]["DirectMap1G"] = 0
+        d["stats"]["boot"]["ptdump"]["DirectMap1G"] = 0
+    history.record_run(db, derive(tmp_path, "older", started=1000.0))
+    history.record_run(db, derive(tmp_path, "newer", lost, started=2000.0))
+    assert main(["history", "--db", str(db), "--cell", CELL]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"cell {CELL}"
+    assert lines[1].split() == ["run", "started", "machine", "verdict", "1G", "at", "boot",
+                                "4k", "after", "wbinvd", "clflush", "tlb", "to", "verdict"]
+    assert [ln.split()[0] for ln in lines[2:]] == ["newer", "older"]
+    assert main(["history", "--db", str(db), "--cell", "no-such-cell"]) == 0
+    assert capsys.readouterr().out == "no run recorded cell no-such-cell\n"
+    assert main(["history", "--db", str(db), "--cell", CELL, "--last", "0"]) == 2
+
+
+def test_figures_with_enough_history_are_judged_against_their_noise_band(
+        db: Path, tmp_path: Path) -> None:
+    """history-a's cell, passing, with its 4k figure after the self-test spread
+    as the self-test's random splits spread it. Against a low run A the fixed
+    threshold (+25 %) calls a figure inside that spread a regression; with six
+    earlier runs the band does not, and still flags one far outside it."""
+    def at(kb: int) -> Callable[[Doc], None]:
+        def edit(d: Doc) -> None:
+            d.update(verdict="pass", reason="")
+            d["stats"]["after_selftest"]["ptdump"]["DirectMap4k"] = kb
+        return edit
+    noise = [700_000, 950_000, 820_000, 1_000_000, 760_000, 900_000]
+    runs = [derive(tmp_path, f"r{i}", at(kb), started=1000.0 + i) for i, kb in enumerate(noise)]
+    for r in runs:
+        history.record_run(db, r)
+    inside = derive(tmp_path, "inside", at(980_000), started=2000.0)
+    far = derive(tmp_path, "far", at(1_900_000), started=3000.0)
+    # the fixed threshold alone, without the history: a false alarm
+    alone = tmp_path / "alone.sqlite"
+    assert [f.metric for f in history.compare(alone, runs[0], inside).regressions] == [
+        "DirectMap4k"]
+    c = history.compare(db, runs[0], inside)
+    assert c.regressions == []
+    [cell] = c.cells
+    assert any("judged against a noise band of 6+ earlier runs" in n for n in cell.notes)
+    # "inside", recorded by now, is one of far's earlier passing runs
+    [f] = history.compare(db, runs[0], far).regressions
+    assert (f.kind, f.metric) == ("large-pages-lost", "DirectMap4k")
+    assert f.message.startswith("DirectMap4k 1900000, outside its band over 7 runs: "
+                                "median 900000, spread 118608")

@@ -125,9 +125,9 @@ def chromium(page: Path, profile: Path, *extra: str) -> str:
     return p.stdout
 
 
-def rendered(run_dir: Path) -> Node:
+def rendered(run_dir: Path, db: Path | None = None) -> Node:
     """write_html, then the DOM chromium built from the page."""
-    page = write_html(run_dir)
+    page = write_html(run_dir, db)
     assert page == run_dir / "report.html"
     dom = chromium(page, run_dir.parent / f"{run_dir.name}-profile", "--dump-dom")
     assert "</html>" in dom, f"chromium dumped no document: {dom[:500]!r}"
@@ -346,3 +346,34 @@ def test_a_cell_on_a_lab_box_names_the_box(tmp_path: Path) -> None:
     [row] = rendered(run).find_all("tr", class_="cell")
     cols = {td.attrs["class"].split()[0]: td.text() for td in row.find_all("td")}
     assert (cols["verdict"], cols["accel"]) == ("pass", "box labbox")
+
+
+def test_each_cells_last_runs_are_plotted(tmp_path: Path) -> None:
+    """Three copies of the sample recorded in a history store, their 4k figure
+    after the self-test edited apart; the report of the last plots all three."""
+    from harness.results import history
+    db = tmp_path / "h.sqlite"
+    runs = []
+    for n, kb in enumerate((900_000, 950_000, 1_100_000)):
+        run = copy_sample(tmp_path / f"run{n}")
+        path = run / "cells" / CELL / "result.json"
+        doc = json.loads(path.read_text())
+        doc["stats"]["after_selftest"]["ptdump"]["DirectMap4k"] = kb
+        path.write_text(json.dumps(doc))
+        summary = json.loads((run / "summary.json").read_text())
+        summary["started"] = 1000.0 + n
+        (run / "summary.json").write_text(json.dumps(summary))
+        history.record_run(db, run)
+        runs.append(run)
+    dom = rendered(runs[-1], db)
+    [fig] = [f for f in dom.find_all("figure", class_="trend")
+             if f.attrs.get("data-metric") == "DirectMap4k"]
+    assert fig.attrs["data-cell"] == CELL
+    dots = fig.find_all("circle")
+    assert [d.attrs["data-run"] for d in dots] == ["run0", "run1", "run2"]
+    assert [d.text() for d in dots] == ["run0: 879 MiB", "run1: 928 MiB", "run2: 1074 MiB"]
+    assert "1074 MiB now, 879 MiB to 1074 MiB over 3 runs" in fig.text()
+    # without a store, or with one that cannot be read, no plot and still a report
+    assert not rendered(runs[0]).find_all("figure", class_="trend")
+    (tmp_path / "bad.sqlite").write_text("not a database, and long enough " * 200)
+    assert not rendered(runs[1], tmp_path / "bad.sqlite").find_all("figure", class_="trend")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from helpers import as_from_a_terminal
 
 from harness.errors import InfraError, UserError
 from harness.target import box as boxes
@@ -347,7 +348,8 @@ def test_released_when_the_harness_is_signalled(labgrid: Lab, tmp_path: Path,
                 print("interrupted", flush=True)
                 sys.exit(130)
             """), str(labgrid.lab_file)],
-        stdout=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=as_from_a_terminal)
     assert holder.stdout is not None
     assert holder.stdout.readline() == "held\n"
     assert labgrid.holder() == "harness-host/ci"

@@ -19,14 +19,25 @@ def test_the_nightly_matrix_covers_the_axes() -> None:
     m = matrix.load(NIGHTLY)
     cells = {c.name: c for c in m.cells}
     assert {c.arch for c in m.cells} == {"x86_64", "i386-pae", "i386"}
-    # one build per arch: every cell of an arch asks for the same fragments
+    # one build per arch (and the fast self-test's patched one): every cell of
+    # an arch asks for the same fragments
     for arch in ("x86_64", "i386-pae", "i386"):
         assert len({c.fragments for c in m.cells if c.arch == arch}) == 1
+    # many passes, and many under debug_pagealloc with a workload
+    assert cells["x86_64-fast"].selftest_period_ms and cells["x86_64-fast"].passes >= 20
+    stress = cells["x86_64-stress"]
+    assert stress.passes >= cells["x86_64-fast"].passes and stress.workload
+    assert stress.expect.debug_pagealloc and "debug_pagealloc=on" in stress.cmdline.split()
     assert cells["x86_64-gbpages-kexec"].expect.gbpages is True
     assert cells["x86_64-gbpages-kexec"].kexec == ("kexec_load", "kexec_file_load")
     assert cells["x86_64-gbpages-no-pdpe1gb"].expect.gbpages is False
     assert "nogbpages" in cells["x86_64-nogbpages"].cmdline.split()
     assert cells["x86_64-debug-pagealloc-workload"].workload
+    # the exerciser, with and without CLFLUSH, and on 32-bit
+    assert cells["x86_64-exercise-clflush"].exercise == ("cache", "concurrent", "alloc-fail")
+    assert "-clflush" in cells["x86_64-exercise-no-clflush"].cpu_model.split(",")
+    assert "cache" in cells["x86_64-exercise-no-clflush"].exercise
+    assert cells["i386-pae-exercise"].exercise and cells["i386-pae-exercise"].arch == "i386-pae"
     assert cells["x86_64-numa2"].numa_nodes == 2
     assert {cells["x86_64-smp1"].smp, cells["x86_64-smp4"].smp} == {1, 4}
     assert cells["i386-lowmem"].memory_mb < 896 < cells["i386-highmem"].memory_mb
@@ -72,6 +83,15 @@ CELL = '[[cell]]\nname = "a"\narch = "x86_64"\n'
     ('[[cell]]\nname = "k"\narch = "i386-pae"\nkexec = ["kexec_file_load"]\n',
      "cell 'k': key 'kexec'", "needs CONFIG_KEXEC_FILE"),
     ("[defaults]\nname = 'x'\n" + CELL, "cell '[defaults]': key 'name'", "unknown key"),
+    (CELL + "passes = 10\n", "cell 'a': key 'passes'", "counts the fast self-test's passes"),
+    (CELL + "selftest_period_ms = 10\n", "cell 'a': key 'selftest_period_ms'",
+     "must be at least 100, not 10"),
+    (CELL + "selftest_period_ms = 1000\nperiods = 2\n", "cell 'a': key 'periods'",
+     "a fast self-test counts passes, not periods"),
+    (CELL + "cmdline = 'cpa_test.period_ms=5'\n", "cell 'a': key 'cmdline'",
+     "cpa_test.period_ms is set by the cell's selftest_period_ms"),
+    (CELL + "scenario = 'selfcheck'\nselftest_period_ms = 1000\n",
+     "cell 'a': key 'selftest_period_ms'", "the selfcheck scenario watches no self-test"),
 ])
 def test_mistakes_name_the_file_cell_and_key(tmp_path: Path, text: str, where: str,
                                              problem: str) -> None:
@@ -87,6 +107,25 @@ def test_defaults_apply_and_cells_override(tmp_path: Path) -> None:
     m = matrix.load(write(tmp_path, "[defaults]\nmemory = 1024\nperiods = 0\n" + CELL
                           + '[[cell]]\nname = "b"\narch = "i386"\nmemory = 512\n'))
     assert [(c.memory_mb, c.periods) for c in m.cells] == [(1024, 0), (512, 0)]
+
+
+def test_a_fast_cell_boots_with_its_period_and_counts_passes(tmp_path: Path) -> None:
+    m = matrix.load(write(tmp_path, "[defaults]\nperiods = 2\n" + CELL
+                          + "cmdline = 'nokaslr'\nselftest_period_ms = 500\n"
+                          + '[[cell]]\nname = "b"\narch = "i386"\n'))
+    fast, stock = m.cells
+    # the defaults' periods are the stock cell's; the fast one counts 20 passes
+    assert (fast.selftest_period_ms, fast.passes, fast.periods) == (500, 20, 0)
+    assert fast.cmdline == "nokaslr cpa_test.period_ms=500"
+    assert (stock.selftest_period_ms, stock.passes, stock.periods) == (0, 0, 2)
+    # and the other way round: fast by default, one cell stock with 0
+    m = matrix.load(write(tmp_path, "[defaults]\nselftest_period_ms = 500\npasses = 5\n" + CELL
+                          + '[[cell]]\nname = "b"\narch = "i386"\nselftest_period_ms = 0\n'
+                          + "periods = 3\n"))
+    fast, stock = m.cells
+    assert (fast.selftest_period_ms, fast.passes, fast.periods) == (500, 5, 0)
+    assert (stock.selftest_period_ms, stock.passes, stock.periods) == (0, 0, 3)
+    assert "cpa_test" not in stock.cmdline
 
 
 def test_shards_partition_the_cells() -> None:

@@ -416,14 +416,19 @@ class ReportAssembler:
         done: list[Failure | None] = []
         text = line.text
         rep = self._open.get(line.caller)
-        if rep is not None and line.timestamp is not None and rep.last_ts is not None \
-                and line.timestamp - rep.last_ts > TIME_GAP:
-            done.append(self._close(rep, "next-line"))
-            rep = None
         found = None if normal else match_header(text)
         if found is not None and (is_ignored(text) or (
                 found[0].name == "panic_end" and self.boot.panic is not None)):
             found = None
+        if rep is not None and line.timestamp is not None and rep.last_ts is not None \
+                and line.timestamp - rep.last_ts > TIME_GAP and not (
+                    # A message printed before its header (WARN's own text) is
+                    # that header's, however late it comes: the printk of the
+                    # message may have spent seconds printing others' lines.
+                    rep.end is End.PRELUDE and found is not None
+                    and found[0].name in rep.absorbs):
+            done.append(self._close(rep, "next-line"))
+            rep = None
         if found is not None:
             spec, m = found
             flushed = self._flushed.pop(line.caller, None)

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,8 +236,15 @@ def build(req: BuildRequest, cache: Path, log_dir: Path | None = None) -> Build:
         if not config.exists() or config.read_bytes() != final:
             config.write_bytes(final)
         log = bdir / "build.log"
+        # A whole build (nothing compiled yet: init/main.o is among make's first
+        # objects) is measured against the last whole build of this
+        # configuration, in any tree: a percentage and the time left.
+        whole = not (bdir / "init" / "main.o").exists()
+        times = BuildTimes(cache / "build-times.json", f"{req.arch.name}-{cfg_hash[:16]}")
         try:
-            _make(req, bdir, ["olddefconfig", req.arch.image.rsplit("/", 1)[-1]], log)
+            _make(req, bdir, ["olddefconfig", req.arch.image.rsplit("/", 1)[-1]], log,
+                  expected=times.last() if whole else None,
+                  measured=times.record if whole else None)
         except BuildError:
             # make ended by itself and deleted its half-made target
             # (.DELETE_ON_ERROR): what it left is sound.
@@ -347,7 +355,11 @@ def _from_machine(req: BuildRequest, config: Path, log: Path) -> None:
 
 
 def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,
-          quiet: bool = False) -> None:
+          quiet: bool = False, expected: tuple[int, float] | None = None,
+          measured: Callable[[int, float], None] | None = None) -> None:
+    """make with its output to `log`; `expected` (lines, seconds) of the last
+    such build for the progress display; `measured` told this one's, when it
+    succeeds."""
     argv = ["make", "-C", str(req.source.path), f"O={out}", f"ARCH={req.arch.make_arch}",
             f"-j{req.jobs}", *targets]
     if req.reuse_dir and shutil.which("ccache"):
@@ -355,7 +367,7 @@ def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,
         # know from an earlier step (e.g. going back to a revision already built).
         argv.append("CC=ccache gcc")
     env = dict(os.environ, KBUILD_BUILD_USER="cpa-harness", KBUILD_BUILD_HOST="cpa-harness")
-    progress = None if quiet else Progress(f"build {req.arch.name}")
+    progress = None if quiet else Progress(f"build {req.arch.name}", expected)
     with open(log, "a") as logf:
         logf.write(f"$ {' '.join(argv)}\n")
         logf.flush()
@@ -384,6 +396,38 @@ def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,
                          f"{req.arch.name}; log: {log}", "see the host's kernel log (OOM?)")
     if rc != 0:
         _raise_build_failure(req, log, targets)
+    if measured is not None and progress is not None:
+        measured(progress.count, time.monotonic() - progress.start)
+
+
+class BuildTimes:
+    """Lines and seconds of the last whole build of each configuration
+    (cache/build-times.json): what a build's progress is measured against."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def last(self) -> tuple[int, float] | None:
+        entry = self._read().get(self.key)
+        if not isinstance(entry, dict):
+            return None
+        lines, seconds = entry.get("lines"), entry.get("seconds")
+        if isinstance(lines, int) and lines > 0 and isinstance(seconds, (int, float)):
+            return lines, float(seconds)
+        return None
+
+    def record(self, lines: int, seconds: float) -> None:
+        with paths.locked(self.path.with_suffix(".lock")):
+            doc = self._read()
+            doc[self.key] = {"lines": lines, "seconds": round(seconds, 1), "when": time.time()}
+            write_json(self.path, doc)
 
 
 def _raise_build_failure(req: BuildRequest, log: Path, targets: list[str]) -> None:
@@ -402,24 +446,47 @@ def _raise_build_failure(req: BuildRequest, log: Path, targets: list[str]) -> No
 
 
 class Progress:
-    """make's progress: the status line, redrawn; and a line a minute (CI logs)."""
+    """make's progress: the status line, redrawn; and a line a minute (CI logs).
+    Against the last whole build of the configuration (`expected`: its lines
+    and seconds), a percentage of its lines and the time left at this pace."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, expected: tuple[int, float] | None = None) -> None:
         self.what = what
+        self.expected = expected
         self.start = time.monotonic()
         self.drawn = self.said = self.start
         self.count = 0
+
+    def estimate(self, now: float) -> str:
+        """'42%, about 3m10s left' ('' without a last build to go by)."""
+        if self.expected is None or self.count == 0:
+            return ""
+        lines, seconds = self.expected
+        fraction = min(self.count / lines, 0.99)    # never 100 % before make ends
+        elapsed = now - self.start
+        # this build's own pace once it has one; the last build's before
+        left = elapsed / fraction - elapsed if elapsed > 30 else seconds * (1 - fraction)
+        return f"{fraction:.0%}, about {_duration(max(left, 0.0))} left"
 
     def line(self, line: str) -> None:
         self.count += 1
         now = time.monotonic()
         if now - self.drawn > 0.2:
-            status(f"{self.what}: {now - self.start:5.0f}s {line.strip()[:60]}")
+            shown = self.estimate(now)
+            status(f"{self.what}: {now - self.start:5.0f}s "
+                   f"{shown + ' ' if shown else ''}{line.strip()[:60]}")
             self.drawn = now
         if now - self.said > 60:
-            report(f"{self.what}: {now - self.start:.0f}s, {self.count} lines")
+            shown = self.estimate(now)
+            report(f"{self.what}: {now - self.start:.0f}s, {self.count} lines"
+                   f"{', ' + shown if shown else ''}")
             self.said = now
 
     def done(self) -> None:
         clear_status()
         report(f"{self.what}: make finished in {time.monotonic() - self.start:.0f}s")
+
+
+def _duration(seconds: float) -> str:
+    m, sec = divmod(int(seconds + 0.5), 60)
+    return f"{m}m{sec:02d}s" if m else f"{sec}s"

@@ -207,6 +207,22 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(before.keys() | after.keys())}
 
 
+def pagealloc_splits(boot: Snapshot, last: Snapshot) -> dict[str, Any]:
+    """Under debug_pagealloc every page free unmaps the page from the direct
+    map, which would need a split (and an allocation) of a large page: the
+    kernel maps it all 4k from boot instead. The proof: the direct map's
+    large sizes at boot (the page-table dump where the kernel has it), and the
+    split counters from boot to `last`; any split is named with its counter."""
+    dump = boot.ptdump or boot.meminfo or {}
+    large = {k: v for k, v in dump.items()
+             if k.startswith("DirectMap") and k != "DirectMap4k" and v}
+    splits = {k: v for k, v in delta(boot.vmstat or {}, last.vmstat or {}).items()
+              if k.startswith("direct_map_") and k.endswith("_splits")}
+    return {"source": "page tables" if boot.ptdump else "/proc/meminfo",
+            "large_at_boot_kb": large, "splits": splits, "until": last.label,
+            "split": sum(splits.values()) > 0, "all_4k_at_boot": not large and bool(dump)}
+
+
 # --- one snapshot of a guest ------------------------------------------------
 
 GUEST_FILES: dict[str, str] = {

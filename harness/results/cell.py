@@ -19,6 +19,7 @@ from harness.files import atomic, write_json
 from harness.probes.passes import PeriodProof
 from harness.probes.runtime import GuestView
 from harness.records import Record
+from harness.results import exercise
 
 
 class Verdict(enum.StrEnum):
@@ -155,6 +156,10 @@ class CellResult:
     serial_tail: list[str] = field(default_factory=list)    # context for infrastructure errors
     flush: dict[str, Any] = field(default_factory=dict)     # flush accounting windows
     workload: dict[str, Any] = field(default_factory=dict)
+    exercise: dict[str, Any] = field(default_factory=dict)  # the CPA exerciser's modes
+    # The fast self-test (kernel/fast_selftest.py): the patch, the period and
+    # the passes seen after the first, their time and rate; {} for a stock cell
+    fast_selftest: dict[str, Any] = field(default_factory=dict)
     numa_nodes: int = 1
     retried_after: str = ""     # the infrastructure error of a first attempt
     # The machine's own part: its kind and what only it has (QEMU: its command
@@ -189,7 +194,10 @@ class CellResult:
     def selftest_summary(self) -> str:
         """'pass +2 silent': the printed passes' results, and the proven silent ones;
         '?' for a period that nothing could prove."""
-        shown = ",".join(p.get("result", "?") for p in self.cpa_selftest) or "-"
+        results = [p.get("result", "?") for p in self.cpa_selftest]
+        shown = ",".join(results) or "-"
+        if len(results) > 3:    # many printed (the fast self-test, many boots): counted
+            shown = ",".join(f"{results.count(r)} {r}" for r in dict.fromkeys(results))
         proven = sum(1 for p in self.periods if p.ran)
         unproven = sum(1 for p in self.periods if p.ran is None)
         stuck = sum(1 for p in self.periods if p.ran is False)
@@ -278,6 +286,11 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
                           None if rt.passed() else rt.error or "not verified",
                           f"nonce {rt.nonce}, boot id {rt.boot_id_before} -> "
                           f"{rt.boot_id_after or '?'}"))
+        for m in exercise.modes(c.exercise):
+            if not m.get("unavailable"):
+                problems = m.get("problems") or []
+                cases.append((f"cpa_exercise {m.get('mode')}",
+                              "; ".join(problems) or None, exercise.line(m)))
         bad = [f for f in c.failures if not f.known]
         cases.append(("no kernel failures",
                       "; ".join(f"{f.kind}: {f.title}{f.failure.times()}" for f in bad) or None,
@@ -296,6 +309,29 @@ def write_junit(path: Path, cells: list[CellResult]) -> None:
         suite.set("failures", str(failed))
     with atomic(path) as f:
         ET.ElementTree(suites).write(f, encoding="utf-8", xml_declaration=True)
+
+
+def pagealloc_line(p: dict[str, Any]) -> str:
+    """Whether page freeing under debug_pagealloc reached a split (stats.pagealloc_splits)."""
+    counters = ", ".join(f"{k} +{v}" for k, v in (p.get("splits") or {}).items()) or \
+        "no split counters"
+    start = ("all 4k at boot" if p.get("all_4k_at_boot") else
+             f"not all 4k at boot: {p.get('large_at_boot_kb')} kB") + f" ({p.get('source')})"
+    if p.get("split"):
+        return f"debug_pagealloc: direct map {start}, and split at run time: {counters}"
+    return f"debug_pagealloc: direct map {start}, no split at run time ({counters})"
+
+
+def fast_selftest_line(f: dict[str, Any]) -> str:
+    """'fast self-test: 20 of 20 passes after the first in 40 s (30.2 a minute),
+    1000 ms between passes (kernel patched: cpa-test-period.patch)'."""
+    seen = f.get("passes_seen")
+    rate = f" ({f['per_minute']} a minute)" if f.get("per_minute") else ""
+    took = f" in {f['seconds']:.0f} s{rate}" if f.get("seconds") else ""
+    counted = "no passes counted" if seen is None else \
+        f"{seen} of {f.get('passes_wanted')} passes after the first{took}"
+    return (f"fast self-test: {counted}, {f.get('period_ms')} ms between passes "
+            f"(kernel patched: {f.get('patch')})")
 
 
 def summary_line(cells: list[CellResult]) -> str:
@@ -329,6 +365,12 @@ def print_table(cells: list[CellResult], out: TextIO) -> None:
             tag = f"known: {f.known_reason[:70]}..." if f.known else "FAILED"
             again = f", {f.failure.count} times" if f.failure.count > 1 else ""
             out.write(f"  {c.name}: {f.kind}: {f.title} (line {f.line}{again}) [{tag}]\n")
+        for line in exercise.lines(c.exercise):
+            out.write(f"  {c.name}: exerciser {line}\n")
+        if c.stats.get("pagealloc"):
+            out.write(f"  {c.name}: {pagealloc_line(c.stats['pagealloc'])}\n")
+        if c.fast_selftest:
+            out.write(f"  {c.name}: {fast_selftest_line(c.fast_selftest)}\n")
     # Said once, with the arches it holds for: every cell of a build lacks the same.
     arches: dict[str, list[str]] = {}
     for c in cells:

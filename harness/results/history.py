@@ -32,6 +32,7 @@ import contextlib
 import json
 import math
 import sqlite3
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -44,12 +45,16 @@ from harness.probes import flush
 from harness.results.cell import Verdict
 from harness.results.rundir import read_json, read_run
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # What each version adds to the one before it; a store is brought up to date
-# in one transaction when it is opened. v2: the machine a cell ran on.
+# in one transaction when it is opened. v2: the machine a cell ran on; v3: the
+# CPA exerciser's modes, the direct map each kernel booted with, the config hash.
 MIGRATIONS = {2: ["ALTER TABLE cells ADD COLUMN target TEXT",
                   # schema 1 did not say which box: never the same one as another's
-                  "UPDATE cells SET target = 'box:?' WHERE accel = 'box'"]}
+                  "UPDATE cells SET target = 'box:?' WHERE accel = 'box'"],
+              3: ["ALTER TABLE cells ADD COLUMN exercise TEXT",
+                  "ALTER TABLE cells ADD COLUMN dm_boot TEXT",
+                  "ALTER TABLE cells ADD COLUMN config_hash TEXT"]}
 BUSY_TIMEOUT_S = 60.0   # a writer holds the lock for milliseconds; a minute is generous
 
 SCHEMA = """
@@ -88,6 +93,10 @@ CREATE TABLE cells (
     vmstat_delta TEXT,              -- JSON: their change since boot
     flush_groups TEXT,              -- JSON: flush-accounting groups over all windows
     flush_windows INTEGER,
+    exercise TEXT,                  -- JSON: per exerciser mode, its flush groups and problems
+    config_hash TEXT,               -- the kernel's final .config (a noise band's runs share it)
+    dm_boot TEXT,                   -- JSON: the direct map at boot (page-table dump), kB,
+                                    -- of the cell's kernel ("boot") and each kexec'd one
     PRIMARY KEY (run_id, name)
 );
 CREATE INDEX runs_started ON runs (started);
@@ -207,6 +216,25 @@ def _ensure_schema(conn: sqlite3.Connection, db: Path) -> None:
                         "upgrade cpa-harness or use another database path")
     if version is not None and version < SCHEMA_VERSION:
         _migrate(conn, db)
+    _add_missing_columns(conn)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Columns a migration adds that the store lacks, added (empty) now: a store
+    written by a development build between two versions says the new version
+    without all its columns, and would fail on its first read."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(cells)").fetchall()}
+    wanted = [s for v in sorted(MIGRATIONS) for s in MIGRATIONS[v]
+              if s.startswith("ALTER TABLE cells ADD COLUMN ")]
+    missing = [s for s in wanted if s.split()[5] not in have]
+    if not missing:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    have = {r[1] for r in conn.execute("PRAGMA table_info(cells)").fetchall()}
+    for statement in missing:
+        if statement.split()[5] not in have:     # another process may have done it
+            conn.execute(statement)
+    conn.execute("COMMIT")
 
 
 def _migrate(conn: sqlite3.Connection, db: Path) -> None:
@@ -298,10 +326,44 @@ def _cell_row(run_id: str, entry: dict[str, Any], doc: dict[str, Any]) -> dict[s
         "vmstat_delta": _counters_json(changed.get("vmstat")),
         "flush_groups": None if groups is None else json.dumps(groups),
         "flush_windows": windows,
+        "exercise": _exercise_json(doc.get("exercise")),
+        "dm_boot": _boot_maps_json(st, doc.get("kexec")),
+        "config_hash": _text(doc.get("config_hash")) or None,
     }
     for key, column in DIRECT_MAP_COLUMNS.items():
         row[column] = dump.get(key) if isinstance(dump.get(key), int) else None
     return row
+
+
+def _boot_maps_json(st: dict[str, Any], trips: object) -> str | None:
+    """The direct map as each kernel booted it: what the page-table dump shows
+    before the self-test splits anything (the figures after it are what the
+    self-test left, which on real GB-page runs is no 1G page at all)."""
+    out: dict[str, dict[str, int]] = {}
+    boots = [("boot", _obj(st.get("boot")))]
+    for n, rt in enumerate(trips if isinstance(trips, list) else [], 1):
+        boots.append((f"kexec{n}", _obj(_obj(_obj(rt).get("stats")).get("after"))))
+    for name, snap in boots:
+        dump = {k: v for k, v in _obj(snap.get("ptdump")).items()
+                if k in DIRECT_MAP_COLUMNS and isinstance(v, int)}
+        if dump:
+            out[name] = dump
+    return json.dumps(out) if out else None
+
+
+def _exercise_json(record: object) -> str | None:
+    """Per mode that ran: its flush groups' calls and its problems, counted."""
+    modes = _obj(record).get("modes")
+    out: dict[str, dict[str, int]] = {}
+    for m in modes if isinstance(modes, list) else []:
+        m = _obj(m)
+        if m.get("unavailable") or not isinstance(m.get("mode"), str):
+            continue
+        counts = {k: v for k, v in _obj(m.get("flush")).items() if isinstance(v, int)}
+        problems = m.get("problems")
+        out[m["mode"]] = {**counts, "problems": len(problems) if isinstance(problems, list)
+                          else 0}
+    return json.dumps(out) if out else None
 
 
 def _target(part: object) -> str | None:
@@ -403,6 +465,46 @@ def _table(rows: list[tuple[str, ...]]) -> str:
                      .rstrip() for r in rows) + "\n"
 
 
+def cell_history(db: Path, name: str, last: int = 20) -> list[dict[str, Any]]:
+    """One cell's rows, newest run first (at most `last`), with their metrics."""
+    if not db.exists():
+        return []
+    with _open(db) as conn:
+        rows = conn.execute(
+            "SELECT cells.*, runs.started AS run_started FROM cells JOIN runs "
+            "ON runs.id = cells.run_id WHERE cells.name = ? "
+            "ORDER BY runs.started IS NULL, runs.started DESC, runs.id DESC LIMIT ?",
+            (name, last)).fetchall()
+    return [{**dict(r), "metrics": cell_metrics(r)} for r in rows]
+
+
+def format_cell_history(name: str, rows: list[dict[str, Any]]) -> str:
+    """`history --cell NAME`: verdict, GB pages at boot, 4k after the self-test,
+    flush counts and time to verdict, one run per line."""
+    if not rows:
+        return f"no run recorded cell {name}\n"
+    table: list[tuple[str, ...]] = [("run", "started", "machine", "verdict", "1G at boot",
+                                     "4k after", "wbinvd", "clflush", "tlb", "to verdict")]
+
+    def kb(v: float | None) -> str:
+        return "-" if v is None else f"{v / 1024:.0f}M"
+
+    def n(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+    for r in rows:
+        m = r["metrics"]
+        table.append((r["run_id"], _when(r.get("run_started")),
+                      r.get("target") or r.get("accel") or "-", r["verdict"],
+                      kb(m.get("boot:DirectMap1G")), kb(m.get("DirectMap4k")),
+                      n(m.get("flush:full_flush")), n(m.get("flush:cache_range")),
+                      n(m.get("tlb_total")),
+                      "-" if m.get("to_verdict") is None else f"{m['to_verdict']:.0f}s"))
+    widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
+    return f"cell {name}\n" + "".join("  ".join(v.ljust(w) for v, w in zip(t, widths,
+                                                                         strict=True)).rstrip()
+                                     + "\n" for t in table)
+
+
 def format_runs(runs: list[dict[str, Any]]) -> str:
     """The `history` listing: one line per run, newest first as given."""
     if not runs:
@@ -452,6 +554,13 @@ class Thresholds:
     # to_verdict more than this much longer, and by at least this many seconds.
     slower_pct: float = 50.0
     min_slower_s: float = 2.0
+    # With this many earlier passing runs of the same cell, kernel configuration,
+    # target and accelerator, a figure is judged against their noise band
+    # instead: worse than the median by more than band_width spreads (1.4826 x
+    # the median absolute deviation), and by the minimum absolute change above.
+    band_runs: int = 5
+    band_width: float = 3.0
+    band_history: int = 20
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -463,6 +572,7 @@ class Finding:
     kind: str       # verdict, large-pages-lost, more-flushes, slower, verdict-changed, ...
     severity: str   # "regression" or "warning"
     message: str
+    metric: str = ""    # the metric judged (cell_metrics()), where one was
 
 
 @dataclass
@@ -509,7 +619,9 @@ def _load_json_col(value: str | None) -> dict[str, Any]:
 def cell_metrics(row: sqlite3.Row | dict[str, Any]) -> dict[str, float]:
     """One stored cell as flat metrics, the names compare() and its report use:
 
-    DirectMap4k/2M/4M/1G (kB after the self-test), after:COUNTER and
+    DirectMap4k/2M/4M/1G (kB after the self-test), boot:DirectMap* and
+    kexecN:DirectMap* (kB as the cell's kernel and the N-th kexec'd one
+    booted, page-table dump), after:COUNTER and
     delta:COUNTER (vmstat after the self-test, and since boot), tlb_total (the
     sum of every delta:nr_tlb_*), flush:GROUP (flush-accounting calls),
     boot_to_ready and to_verdict (s). A metric the cell does not have is absent.
@@ -529,6 +641,12 @@ def cell_metrics(row: sqlite3.Row | dict[str, Any]) -> dict[str, float]:
     for k in TIMES:
         if row[k] is not None:
             out[k] = row[k]
+    for kernel, dump in _load_json_col(row["dm_boot"]).items():
+        for k, v in _obj(dump).items():
+            out[f"{kernel}:{k}"] = v
+    for mode, counts in _load_json_col(row["exercise"]).items():
+        for k, v in _obj(counts).items():
+            out[f"exercise:{mode}:{k}"] = v
     return out
 
 
@@ -572,7 +690,8 @@ def _verdict_change(a: str | None, b: str | None) -> str:
         return "disappeared"
     if a == b:
         return "same"
-    if a == Verdict.PASS and b == Verdict.FAIL:
+    if a == Verdict.PASS:
+        # Every lost pass: a failure, a user or infrastructure error, not run.
         return "regression"
     if a == Verdict.FAIL and b == Verdict.PASS:
         return "fixed"
@@ -599,7 +718,20 @@ def _direct_map_findings(name: str, m: dict[str, tuple[float | None, float | Non
         if hit:
             out.append(Finding(name, "large-pages-lost", "regression",
                                f"{key} after the self-test {a:.0f} -> {b:.0f} kB "
-                               f"({_fmt_pct(_pct(a, b))}, threshold {limit})"))
+                               f"({_fmt_pct(_pct(a, b))}, threshold {limit})", key))
+    # The large pages each kernel booted with (its own, and each kexec'd one's):
+    # what the self-test has to split, before it splits anything.
+    for key, (a, b) in m.items():
+        kernel, _, size = key.partition(":")
+        if size not in LARGE_PAGES or not (kernel == "boot" or kernel.startswith("kexec")) \
+                or a is None or b is None:
+            continue
+        if a - b >= t.min_direct_map_kb and -_pct(a, b) > t.large_drop_pct:
+            who = "at boot" if kernel == "boot" else f"in kexec'd kernel {kernel[5:]} at boot"
+            out.append(Finding(name, "large-pages-lost", "regression",
+                               f"{size} {who} (page-table dump) {a:.0f} -> {b:.0f} kB "
+                               f"({_fmt_pct(_pct(a, b))}, threshold -{t.large_drop_pct:g}%)",
+                               key))
     return out
 
 
@@ -616,7 +748,29 @@ def _flush_findings(name: str, m: dict[str, tuple[float | None, float | None]],
         if b - a >= minimum and _pct(a, b) > t.flush_rise_pct:
             out.append(Finding(name, "more-flushes", "regression",
                                f"{what} {a:.0f} -> {b:.0f} ({_fmt_pct(_pct(a, b))}, "
-                               f"threshold +{t.flush_rise_pct:g}% and +{minimum})"))
+                               f"threshold +{t.flush_rise_pct:g}% and +{minimum})", key))
+    return out
+
+
+def _exercise_findings(name: str, m: dict[str, tuple[float | None, float | None]],
+                       t: Thresholds) -> list[Finding]:
+    """A mode whose checks failed where they passed, or that does more full
+    write-backs (WBINVD), on the same changes."""
+    out = []
+    for key, (a, b) in m.items():
+        if not key.startswith("exercise:") or a is None or b is None:
+            continue
+        mode, what = key.split(":")[1:3]
+        if what == "problems" and b > 0 == a:
+            out.append(Finding(name, "exercise-check", "regression",
+                               f"the CPA exerciser's {mode} mode: {b:.0f} problem(s), "
+                               "none before"))
+        elif what == "full_flush" and b - a >= t.min_flush_call_rise \
+                and _pct(a, b) > t.flush_rise_pct:
+            out.append(Finding(name, "more-flushes", "regression",
+                               f"the CPA exerciser's {mode} mode: full_flush calls (WBINVD) "
+                               f"{a:.0f} -> {b:.0f} ({_fmt_pct(_pct(a, b))}, threshold "
+                               f"+{t.flush_rise_pct:g}% and +{t.min_flush_call_rise})", key))
     return out
 
 
@@ -634,8 +788,84 @@ def _time_findings(name: str, m: dict[str, tuple[float | None, float | None]],
     return out
 
 
+# Figures a noise band judges, and which way is worse: +1 higher, -1 lower.
+def _band_direction(key: str) -> int | None:
+    kernel, _, size = key.partition(":")
+    if size in LARGE_PAGES and (kernel == "boot" or kernel.startswith("kexec")):
+        return -1
+    if key in LARGE_PAGES:
+        return -1
+    if key in ("DirectMap4k", "tlb_total", "flush:full_flush", "flush:global_tlb") or \
+            (key.startswith("exercise:") and key.endswith(":full_flush")):
+        return 1
+    return None
+
+
+def _band_minimum(key: str, t: Thresholds) -> float:
+    if "DirectMap" in key:
+        return t.min_direct_map_kb
+    return t.min_tlb_rise if key == "tlb_total" else t.min_flush_call_rise
+
+
+@dataclass(frozen=True)
+class Band:
+    """What a figure was in earlier runs: its median, and its spread."""
+
+    median: float
+    spread: float           # 1.4826 x the median absolute deviation
+    runs: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Band:
+        med = statistics.median(values)
+        return cls(med, 1.4826 * statistics.median(abs(v - med) for v in values), len(values))
+
+
+def _bands(conn: sqlite3.Connection, b: sqlite3.Row, started: float | None,
+           t: Thresholds) -> dict[str, Band]:
+    """Noise bands of run B's cell from earlier passing runs of the same cell,
+    configuration, target and accelerator; none without enough of them."""
+    if not b["config_hash"]:
+        return {}
+    rows = conn.execute(
+        "SELECT cells.* FROM cells JOIN runs ON runs.id = cells.run_id "
+        "WHERE cells.name = ? AND cells.run_id != ? AND cells.verdict = ? "
+        "AND cells.config_hash = ? AND cells.target IS ? AND cells.accel IS ? "
+        "AND (? IS NULL OR runs.started < ?) ORDER BY runs.started DESC LIMIT ?",
+        (b["name"], b["run_id"], Verdict.PASS.value, b["config_hash"], b["target"],
+         b["accel"], started, started, t.band_history)).fetchall()
+    if len(rows) < t.band_runs:
+        return {}
+    values: dict[str, list[float]] = {}
+    for r in rows:
+        for k, v in cell_metrics(r).items():
+            if _band_direction(k) is not None:
+                values.setdefault(k, []).append(v)
+    return {k: Band.of(v) for k, v in values.items() if len(v) >= t.band_runs}
+
+
+def _band_findings(name: str, m: dict[str, tuple[float | None, float | None]],
+                   bands: dict[str, Band], t: Thresholds) -> list[Finding]:
+    out = []
+    for key, band in sorted(bands.items()):
+        b = m.get(key, (None, None))[1]
+        direction = _band_direction(key)
+        if b is None or direction is None:
+            continue
+        worse = (b - band.median) * direction
+        if worse >= _band_minimum(key, t) and worse > t.band_width * band.spread:
+            kind = "large-pages-lost" if "DirectMap" in key else "more-flushes"
+            out.append(Finding(name, kind, "regression",
+                               f"{key} {b:.0f}, outside its band over {band.runs} runs: "
+                               f"median {band.median:.0f}, spread {band.spread:.0f} "
+                               f"(threshold {t.band_width:g} spreads and "
+                               f"{_band_minimum(key, t):.0f})", key))
+    return out
+
+
 def _compare_cell(name: str, a: sqlite3.Row | None, b: sqlite3.Row | None,
-                  t: Thresholds) -> tuple[CellComparison, list[Finding]]:
+                  t: Thresholds, bands: dict[str, Band] | None = None
+                  ) -> tuple[CellComparison, list[Finding]]:
     either = b if b is not None else a
     assert either is not None
     c = CellComparison(name, either["arch"] or "", a["verdict"] if a else None,
@@ -644,12 +874,15 @@ def _compare_cell(name: str, a: sqlite3.Row | None, b: sqlite3.Row | None,
     findings: list[Finding] = []
     if c.change == "regression":
         findings.append(Finding(name, "verdict", "regression",
-                                f"pass -> fail: {b['reason'] if b else ''}"))
+                                f"pass -> {c.verdict_b}: {b['reason'] if b else ''}"))
+    elif c.change == "disappeared" and c.verdict_a == Verdict.PASS:
+        findings.append(Finding(name, "disappeared", "regression",
+                                "passed in run A, no result in run B"))
     elif c.change == "changed":
         findings.append(Finding(name, "verdict-changed", "warning",
                                 f"{c.verdict_a} -> {c.verdict_b}: "
                                 f"{b['reason'] if b else ''}"))
-    elif c.change in ("appeared", "disappeared"):
+    elif c.change in ("appeared", "disappeared"):      # new, or gone but not passing
         findings.append(Finding(name, c.change, "warning",
                                 f"only in run {'B' if c.change == 'appeared' else 'A'} "
                                 f"({c.verdict_b or c.verdict_a})"))
@@ -657,8 +890,15 @@ def _compare_cell(name: str, a: sqlite3.Row | None, b: sqlite3.Row | None,
         return c, findings
     ma, mb = cell_metrics(a), cell_metrics(b)
     c.metrics = {k: (ma.get(k), mb.get(k)) for k in sorted(ma.keys() | mb.keys())}
-    findings += _direct_map_findings(name, c.metrics, t)
-    findings += _flush_findings(name, c.metrics, t)
+    judged = [*_direct_map_findings(name, c.metrics, t), *_flush_findings(name, c.metrics, t),
+              *_exercise_findings(name, c.metrics, t)]
+    if bands:
+        # A figure with a band is judged by it alone; the fixed thresholds hold the rest.
+        judged = [f for f in judged if f.metric not in bands]
+        judged += _band_findings(name, c.metrics, bands, t)
+        c.notes.append(f"{len(bands)} figures judged against a noise band of "
+                       f"{min(x.runs for x in bands.values())}+ earlier runs")
+    findings += judged
     if a["target"] != b["target"]:
         # A lab box against a QEMU guest, or another box: different machines.
         c.notes.append(f"target {a['target'] or 'qemu'} -> {b['target'] or 'qemu'}: "
@@ -689,11 +929,14 @@ def compare(db: Path, run_a: str | Path, run_b: str | Path,
         conn.execute("BEGIN")       # both runs from one consistent snapshot
         run_a_row, cells_a = _load(conn, id_a)
         run_b_row, cells_b = _load(conn, id_b)
+        bands = {n: _bands(conn, row, run_b_row.get("started"), thresholds)
+                 for n, row in cells_b.items()} if id_a != id_b else {}
         conn.execute("COMMIT")
     cells: list[CellComparison] = []
     findings: list[Finding] = []
     for name in [*cells_a, *(n for n in cells_b if n not in cells_a)]:
-        c, f = _compare_cell(name, cells_a.get(name), cells_b.get(name), thresholds)
+        c, f = _compare_cell(name, cells_a.get(name), cells_b.get(name), thresholds,
+                             bands.get(name))
         cells.append(c)
         findings += f
     return Comparison(id_a, id_b, {id_a: run_a_row, id_b: run_b_row}, cells, findings,

@@ -18,8 +18,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from harness.errors import HarnessError
 from harness.files import write_atomic
 from harness.probes import flush
+from harness.results import exercise, history
 from harness.results.cell import CellResult
 from harness.results.rundir import read_run
 
@@ -57,15 +59,24 @@ svg.directmap text { font: 12px system-ui, sans-serif; fill: #222; }
 """
 
 
-def write_html(run_dir: Path) -> Path:
-    """Write run_dir/report.html from the run's summary and cells; return its path."""
+def write_html(run_dir: Path, db: Path | None = None) -> Path:
+    """Write run_dir/report.html from the run's summary and cells, with each
+    cell's figures over its last runs in the history store `db` (when given
+    and it has them); return its path."""
     summary, cells = read_run(run_dir)
+    trends: dict[str, list[dict[str, Any]]] = {}
+    try:
+        if db is not None:
+            trends = {c.name: history.cell_history(db, c.name, TREND_RUNS) for c in cells}
+    except HarnessError:
+        trends = {}     # a store that cannot be read costs the plots, not the report
     path = run_dir / "report.html"
-    write_atomic(path, render(summary, cells))
+    write_atomic(path, render(summary, cells, trends))
     return path
 
 
-def render(summary: dict[str, Any], cells: list[CellResult]) -> str:
+def render(summary: dict[str, Any], cells: list[CellResult],
+           trends: dict[str, list[dict[str, Any]]] | None = None) -> str:
     title = f"cpa-harness run: {_text(summary.get('kernel_version'))}"
     # A meta CSP is defence in depth: no script runs and nothing is fetched,
     # even if some value slipped through unescaped.
@@ -83,6 +94,8 @@ def render(summary: dict[str, Any], cells: list[CellResult]) -> str:
         _failures(cells),
         _direct_maps(cells),
         _flush_section(cells),
+        _exercise_section(cells),
+        _trends_section(trends or {}),
         "</body></html>",
         "",
     ])
@@ -338,3 +351,88 @@ def _flush_section(cells: list[CellResult]) -> str:
             "<p>Calls of the CPA and TLB flush paths counted by the function profiler, "
             "per window (a CPA self-test period).</p>"
             + "".join(_flush_windows(c) for c in cells) + "</section>")
+
+
+def _exercise_cell(cell: CellResult) -> str:
+    """Each exerciser mode: full write-backs and CLFLUSH ranges side by side."""
+    rows = []
+    for m in exercise.modes(cell.exercise):
+        counted = m.get("flush")
+        g: dict[str, Any] = counted if isinstance(counted, dict) else {}
+        found = m.get("flush_window")
+        w = found if isinstance(found, dict) else {}
+        cols = []
+        for group in ("full_flush", "cache_range"):
+            us = exercise.per_call_us(w, group)
+            cols.append(f"<td>{_e(g.get(group, '-'))}"
+                        + (f" ({us:.1f} us/call)" if us else "") + "</td>")
+        rows.append(f'<tr data-mode="{_e(m.get("mode"))}"><td>{_e(m.get("mode"))}</td>'
+                    f"{''.join(cols)}<td>{_e(exercise.line(m))}</td></tr>")
+    notes = exercise.lines(cell.exercise)[-1:] if rows else exercise.lines(cell.exercise)
+    return (f'<div class="exercise" data-cell="{_e(cell.name)}"><h3>{_e(cell.name)}</h3>'
+            + (f"<table><tr><th>mode</th><th>WBINVD (full_flush)</th>"
+               f"<th>CLFLUSH ranges (cache_range)</th><th>what it did</th></tr>"
+               f"{''.join(rows)}</table>" if rows else "")
+            + "".join(f'<p class="note">{_e(n)}</p>' for n in notes) + "</div>")
+
+
+def _exercise_section(cells: list[CellResult]) -> str:
+    ran = [c for c in cells if c.exercise]
+    if not ran:
+        return ""
+    return ('<section id="exercise"><h2>CPA exerciser</h2>'
+            "<p>Cache-attribute changes, concurrent callers and injected allocation "
+            "failures (guest/exerciser/cpa_exercise.c), after the self-test periods, "
+            "each mode in its own flush-counting window.</p>"
+            + "".join(_exercise_cell(c) for c in ran) + "</section>")
+
+
+# --- each cell's figures over its last runs (the history store) -----------------
+
+TREND_RUNS = 20
+# metric (history.cell_metrics), what it is, how a value reads
+TRENDS = (("boot:DirectMap1G", "1G pages at boot", lambda v: f"{v / 1024:.0f} MiB"),
+          ("DirectMap4k", "4k after the self-test", lambda v: f"{v / 1024:.0f} MiB"),
+          ("flush:full_flush", "WBINVD calls", lambda v: f"{v:.0f}"),
+          ("tlb_total", "nr_tlb_* since boot", lambda v: f"{v:.0f}"),
+          ("to_verdict", "time to verdict", lambda v: f"{v:.0f} s"))
+TREND_W, TREND_H = 240, 60
+
+
+def _trend(cell: str, key: str, label: str, fmt: Any, rows: list[dict[str, Any]]) -> str:
+    """One figure run by run, oldest on the left: a line through its points,
+    each point titled with its run and value; '' when no run has it."""
+    points = [(r["run_id"], r["metrics"][key]) for r in reversed(rows) if key in r["metrics"]]
+    if not points:
+        return ""
+    values = [v for _, v in points]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    step = (TREND_W - 20) / max(len(points) - 1, 1)
+    xy = [(10 + i * step, TREND_H - 10 - (v - low) / span * (TREND_H - 20))
+          for i, (_, v) in enumerate(points)]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" data-run="{_e(run)}">'
+                   f"<title>{_e(run)}: {_e(fmt(v))}</title></circle>"
+                   for (x, y), (run, v) in zip(xy, points, strict=True))
+    return (f'<figure class="trend" data-cell="{_e(cell)}" data-metric="{_e(key)}">'
+            f'<svg width="{TREND_W}" height="{TREND_H}" viewBox="0 0 {TREND_W} {TREND_H}" '
+            f'role="img" aria-label="{_e(label)} over the last {len(points)} runs">'
+            f'<polyline fill="none" stroke="#36c" points="{line}"></polyline>{dots}</svg>'
+            f"<figcaption>{_e(label)}: {_e(fmt(values[-1]))} now, "
+            f"{_e(fmt(low))} to {_e(fmt(high))} over {len(points)} runs</figcaption></figure>")
+
+
+def _trends_section(trends: dict[str, list[dict[str, Any]]]) -> str:
+    shown = []
+    for cell, rows in trends.items():
+        figures = "".join(_trend(cell, k, label, fmt, rows) for k, label, fmt in TRENDS)
+        if figures:
+            shown.append(f'<div class="trends" data-cell="{_e(cell)}"><h3>{_e(cell)}</h3>'
+                         f"{figures}</div>")
+    if not shown:
+        return ""
+    return ('<section id="history"><h2>History</h2><p>Each cell\'s figures over its last '
+            f"{TREND_RUNS} recorded runs, oldest on the left (the history store; "
+            "`cpa-harness history --cell NAME` lists them).</p>" + "".join(shown)
+            + "</section>")

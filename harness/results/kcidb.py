@@ -26,6 +26,7 @@ from typing import Any
 from harness.arches import ARCHES
 from harness.errors import InfraError, UserError
 from harness.files import write_json
+from harness.results import exercise
 from harness.results.cell import CellResult, RoundTrip, Verdict
 from harness.results.rundir import read_cell, read_summary
 
@@ -297,6 +298,7 @@ class _Tests:
         tests.append(self.boot())
         tests += [self.selftest(n, p) for n, p in enumerate(self.cell.cpa_selftest, 1)]
         tests += [self.kexec(n, rt) for n, rt in enumerate(self.cell.kexec, 1)]
+        tests += [self.exercise(m) for m in exercise.modes(self.cell.exercise)]
         tests.append(self.failures())
         return tests
 
@@ -354,6 +356,19 @@ class _Tests:
             _put(t, "duration", self.cell.durations.get("to_first_pass"))
         t["misc"] = {k: p[k] for k in ("result", "boot", "format", "first_line", "last_line",
                                        "splits", "notes") if k in p}
+        return t
+
+    def exercise(self, m: dict[str, Any]) -> dict[str, Any]:
+        problems = m.get("problems") or []
+        status = "SKIP" if m.get("unavailable") else "FAIL" if problems else "PASS"
+        t = self.new(f"exercise.{_path_part(str(m.get('mode')))}", status)
+        _put(t, "comment", _text(exercise.line(m)))
+        _put(t, "log_excerpt", _excerpt([*problems, *(m.get("mismatch_lines") or [])]))
+        _put(t, "duration", m.get("seconds"))
+        misc: dict[str, Any] = {}
+        for key in ("flush", "splits", "summary", "rows", "injected_reports", "unavailable"):
+            _put(misc, key, m.get(key))
+        _put(t, "misc", misc)
         return t
 
     def kexec(self, n: int, rt: RoundTrip) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.cells import Cell
 from harness.console.known import KnownIssue
-from harness.kernel import facts
+from harness.kernel import facts, fast_selftest
 from harness.kernel.build import Build
 from harness.results.cell import CellResult
 from harness.target.base import Targets
@@ -41,4 +41,8 @@ def new_result(cell: Cell, ctx: CellContext) -> CellResult:
                       config_hash=ctx.build.config_hash, cmdline=cell.cmdline,
                       durations={"build": ctx.build.seconds},
                       unavailable=ctx.build.unavailable_lines(),
-                      unchecked=facts.unchecked(ctx.build.version))
+                      unchecked=facts.unchecked(ctx.build.version),
+                      fast_selftest={"patch": fast_selftest.PATCH.name,
+                                     "period_ms": cell.selftest_period_ms,
+                                     "passes_wanted": cell.passes}
+                      if cell.selftest_period_ms else {})

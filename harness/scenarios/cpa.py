@@ -23,13 +23,14 @@ from harness.console import Analysis, Boot, Failure
 from harness.console.known import match as match_known
 from harness.errors import HarnessError, InfraError, UserError
 from harness.files import write_json
-from harness.kernel import facts
+from harness.kernel import facts, fast_selftest
 from harness.probes import flush, passes, runtime, stats
 from harness.results.cell import CellFailure, CellResult, RoundTrip, SshRecord, Verdict
-from harness.scenarios import kexec
+from harness.scenarios import exercise, kexec
 from harness.scenarios.context import SELFTEST_PERIOD, CellContext, new_result
 from harness.scenarios.judge import Outcome, judge, read_console
 from harness.target.base import Target, Timeouts
+from harness.target.console import SLICE
 from harness.target.errors import Ending, FailureSeen, GuestExited, GuestHang
 from harness.target.serial import NONCE_PARAM, new_nonce
 
@@ -37,9 +38,12 @@ from harness.target.serial import NONCE_PARAM, new_nonce
 PERIOD_SLACK = 5.0
 
 
-def cell_budget(t: Timeouts, periods: int, trips: int) -> float:
-    """A whole cell's backstop: every wait at its own deadline, plus slack."""
+def cell_budget(t: Timeouts, periods: int, trips: int, fast: Cell | None = None) -> float:
+    """A whole cell's backstop: every wait at its own deadline, plus slack
+    (a fast self-test's passes: their periods, 10 s each to run, and one gap)."""
     one_boot = t.boot + t.ssh + t.first_pass + 30 * t.command
+    if fast is not None and fast.selftest_period_ms:
+        one_boot += fast.passes * (fast.selftest_period_ms / 1000 + 10) + t.first_pass
     period = SELFTEST_PERIOD + PERIOD_SLACK + 4 * t.command
     trip = one_boot + 2 * t.copy
     # a quiet period is watched once more before the self-test is called stuck
@@ -92,10 +96,11 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
     res.serial_log = str(con.serial_log)
     res.cmdline = target.kernel_cmdline()
     start = time.monotonic()
-    res.deadline = cell.deadline or cell_budget(t, cell.periods, len(cell.kexec_trips()))
+    res.deadline = cell.deadline or cell_budget(t, cell.periods, len(cell.kexec_trips()), cell)
     con.cell_deadline = start + res.deadline
     trips: list[RoundTrip] = []
     ended: dict[str, Any] = {}      # how the machine stopped, when it stopped early
+    module = exercise.prepare(cell, ctx)
     try:
         target.start()
         res.cmdline = target.kernel_cmdline()   # as booted: a box adds its own words
@@ -120,6 +125,12 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         if workload:
             res.workload = {"command": cell.workload, "pid": workload}
         pagealloc = bool(booted and booted[-1].debug_pagealloc)
+        if cell.selftest_period_ms:
+            stuck = watch_passes(target, t, cell, res.fast_selftest)
+            if stuck:
+                res.failures.append(CellFailure.seen_by_harness(
+                    "cpa_selftest", "CPA self-test ran no pass", con.boot_index(), [stuck]))
+            snaps.append(stats.collect(sh.run, "passes", cell.arch))
         for n in range(cell.periods):
             label = f"period-{n + 2}"
             begun = time.monotonic()
@@ -137,8 +148,6 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
                     "cpa_selftest", "CPA self-test ran no pass", con.boot_index(),
                     [f"{proof.label}: {proof.describe()}: the self-test thread is stuck"]))
                 break
-        if prof:
-            prof.teardown()
         if workload:
             sh.run(f"kill {workload}")
         after = snaps[-1]
@@ -149,6 +158,15 @@ def run(cell: Cell, ctx: CellContext) -> CellResult:
         res.direct_map = {k.removeprefix("DirectMap"): v
                           for k, v in (after.meminfo or {}).items()}
         res.vmstat = after.vmstat or {}
+        if module is not None:
+            res.exercise = exercise.run_modes(cell, ctx, target, module, prof, res.failures)
+            res.durations["exercise"] = time.monotonic() - start - res.durations["to_verdict"]
+        if pagealloc:
+            # the exerciser's changes count too: they ran on the same direct map
+            last = stats.collect(sh.run, "end", cell.arch) if module is not None else after
+            res.stats["pagealloc"] = stats.pagealloc_splits(boot, last)
+        if prof:
+            prof.teardown()
         for n, method in enumerate(cell.kexec_trips()):
             trips.append(RoundTrip(method=method, nonce=new_nonce(), boot_id_before=sh.boot_id))
             round_trip(trips[-1], cell, ctx, target, t, n)
@@ -341,6 +359,57 @@ def round_trip(rt: RoundTrip, cell: Cell, ctx: CellContext, target: Target,
     rt.selftest = con.passes()[0].result
     rt.stats["first_pass"] = stats.collect(sh.run, f"kexec-{n + 1}-first-pass",
                                            cell.arch).to_json()
+
+
+def watch_passes(target: Target, t: Timeouts, cell: Cell, record: dict[str, Any]) -> str:
+    """The fast self-test: read the console until the cell's passes after the
+    first are printed, each one proof of itself, poking the shell as a
+    period's watch does. What was seen goes into `record`; a wait for one pass
+    far beyond the period (the first-pass timeout more) is a stuck self-test,
+    said in the line returned ("" when every pass came). A failed pass ends
+    the wait as the console's failure."""
+    con = target.console
+    status, out = target.shell.run(f"cat {fast_selftest.SYSFS}")
+    taken = out.strip()
+    if status != 0 or taken != str(cell.selftest_period_ms):
+        raise RuntimeMismatch(
+            f"the kernel does not run the fast self-test ({fast_selftest.SYSFS}: "
+            f"{taken[:80] or 'missing'}, {cell.selftest_period_ms} asked for)",
+            f"the cell's kernel is built with {fast_selftest.PATCH.name}; was it applied?")
+    # counted from the boot's first pass: those printed while the harness took
+    # its first statistics count too
+    def passed() -> int:    # a failed pass is no pass (a known one does not end the cell)
+        return sum(1 for p in con.passes() if p.result == "pass")
+    counted = passed()
+    want = 1 + cell.passes
+    gap = cell.selftest_period_ms / 1000 + t.first_pass
+    begun = last = poked = time.monotonic()
+    stuck = ""
+    while counted < want:
+        now = time.monotonic()
+        if (seen := passed()) > counted:
+            counted, last = seen, now
+            continue
+        if now - last > gap:
+            stuck = (f"{counted - 1} of {cell.passes} passes after the first, none in "
+                     f"the last {now - last:.0f} s (period {cell.selftest_period_ms} ms): "
+                     "the self-test thread is stuck")
+            break
+        if now - poked >= t.liveness:
+            con.run("true", t.command)
+            poked = time.monotonic()
+        con.watch(SLICE)
+    record["passes_seen"] = counted - 1
+    # The rate from the first pass to the newest one, at the times the console
+    # parser completed each (as their lines arrived, read throughout): the
+    # harness's polling does not enter it.
+    at = con.passes_at
+    if len(at) > 1:
+        span = at[-1] - at[0]
+        record["seconds"] = round(span, 1)
+        record["per_minute"] = round(60 * (len(at) - 1) / span, 1) if span > 0 else None
+    record["watched"] = round(time.monotonic() - begun, 1)
+    return stuck
 
 
 def watch_period(target: Target, t: Timeouts) -> None:

@@ -55,6 +55,8 @@ CONSOLE_ANSWERS = 10.0
 # kernel/kexec_core.c as the old kernel goes, or the new kernel's banner
 KEXEC_STARTED = re.compile(rb"kexec_core: Starting new kernel|Linux version ")
 KEXEC_SEEN = 60.0
+# How long a box that did not restart is given to answer before its power cycle.
+QUICK_LOOK = 10.0
 
 
 @dataclass
@@ -422,10 +424,16 @@ class BoxTarget(Target):
         self._under_test = False
         cycled = False
         while True:
-            # Before a power cycle, as long as a good reboot takes: a kernel
-            # under test that is stuck must not keep the box for a full boot
-            # timeout. After one, the firmware's whole boot.
-            wait = self.timeouts.boot if cycled or restarted else self.timeouts.ssh + 30
+            if cycled or restarted or self.box.recovery != "power cycle":
+                # The firmware's whole boot: after our restart or power cycle,
+                # or, with no power commands, the kernel's own reboot (panic=-1).
+                wait = self.timeouts.boot
+            else:
+                # The kernel under test did not restart: stuck, or rebooting on
+                # its own from a panic, a whole firmware boot away. Only the
+                # power commands bring it back sooner; a look first, in case
+                # it is back already.
+                wait = QUICK_LOOK
             try:
                 with boxes.connect(self.box, wait) as ssh:
                     who = boxes.identify(ssh.runner(self.timeouts.command))

@@ -184,13 +184,29 @@ def run_probe(qemu: str, accel: str, cpu: str, deadline: float = PROBE_DEADLINE)
             proc.kill()
             proc.communicate()
             return f"the probe guest hung for {deadline:.0f}s"
-        if proc.returncode == PROBE_EXIT:
-            return None
-        last = [ln for ln in out.splitlines() if ln.strip()][-1:] or [""]
-        return f"the probe guest exited {proc.returncode}: {last[0][:160]}"
+        return firmware_problem(proc.returncode, out)
+
+
+def firmware_problem(returncode: int, out: str) -> str | None:
+    """The firmware probe's answer from QEMU's exit code and output: None when
+    the guest wrote the exit port (tests/data/qemu: what this host's QEMU says)."""
+    if returncode == PROBE_EXIT:
+        return None
+    last = [ln for ln in out.splitlines() if ln.strip()][-1:] or [""]
+    return f"the probe guest exited {returncode}: {last[0][:160]}"
 
 
 KERNEL_PROBE_DEADLINE = 30.0
+
+
+def kernel_problem(returncode: int | None, seen: bytes, deadline: float) -> str:
+    """Why the kernel probe failed, from its newest output: QEMU exited
+    (returncode), or the deadline passed without the ready marker (None)."""
+    lines = [ln for ln in seen.decode(errors="replace").splitlines() if ln.strip()]
+    if returncode is not None:
+        return f"the guest exited {returncode}: {(lines or [''])[-1][:160]}"
+    return (f"the kernel did not reach user space in {deadline:.0f}s (last output: "
+            f"{(lines or ['none'])[-1][:100]!r})")
 
 
 def run_kernel_probe(arch: Arch, accel: str, cpu: str, kernel: Path, initrd: Path,
@@ -223,13 +239,10 @@ def run_kernel_probe(arch: Arch, accel: str, cpu: str, kernel: Path, initrd: Pat
                 if view.search(ready, 0):
                     return None
             elif proc.poll() is not None:
-                last = [ln for ln in seen.decode(errors="replace").splitlines() if ln.strip()]
-                return f"the guest exited {proc.returncode}: {(last or [''])[-1][:160]}"
+                return kernel_problem(proc.returncode, seen, deadline)
             else:
                 time.sleep(0.1)
-        lines = [ln for ln in seen.decode(errors="replace").splitlines() if ln.strip()]
-        return (f"the kernel did not reach user space in {deadline:.0f}s (last output: "
-                f"{(lines or ['none'])[-1][:100]!r})")
+        return kernel_problem(None, seen, deadline)
     finally:
         proc.kill()
         proc.wait()
@@ -266,15 +279,23 @@ def choose_accel(arch: Arch, cpu: str, cache: Path, want: str = "auto",
     return choice
 
 
-def _probe_kvm(arch: Arch, cpu: str, kernel: Path | None, initrd: Path | None) -> AccelChoice:
-    qemu = arch.qemu
-    if not os.path.exists("/dev/kvm"):
-        return AccelChoice("tcg", "no /dev/kvm; using TCG")
+def kvm_device_problem(dev: str = "/dev/kvm") -> str | None:
+    """Why KVM cannot even be asked (no device, or one that does not open)."""
+    if not os.path.exists(dev):
+        return f"no {dev}"
     try:
-        fd = os.open("/dev/kvm", os.O_RDWR)
+        fd = os.open(dev, os.O_RDWR)
         os.close(fd)
     except OSError as e:
-        return AccelChoice("tcg", f"/dev/kvm cannot be opened ({e.strerror}); using TCG")
+        return f"{dev} cannot be opened ({e.strerror})"
+    return None
+
+
+def _probe_kvm(arch: Arch, cpu: str, kernel: Path | None, initrd: Path | None) -> AccelChoice:
+    qemu = arch.qemu
+    device = kvm_device_problem()
+    if device:
+        return AccelChoice("tcg", f"{device}; using TCG")
     kvm_cpu = "host" if cpu == "max" else cpu
     problem = run_probe(qemu, "kvm", kvm_cpu)
     if problem:
