@@ -1,5 +1,6 @@
 """The build cache under faults, for real: a kernel image corrupted in the
-cache, a half-written request record, a build killed with SIGKILL mid-make,
+cache, a half-written request record, a module built in the kernel's build
+directory, a build killed with SIGKILL mid-make,
 and two harness processes filling one cache at once.
 
 These work on the x86_64 kernel the other boot tests use (the first one here
@@ -22,7 +23,7 @@ from harness import paths
 from harness.arches import get_arch
 from harness.cells import KERNEL_FRAGMENTS
 from harness.image.initramfs import build_initramfs
-from harness.kernel import build, source
+from harness.kernel import build, exerciser, source
 
 pytestmark = pytest.mark.boot
 
@@ -58,6 +59,21 @@ def test_a_corrupted_kernel_image_is_detected_and_made_again() -> None:
     assert again.image.stat().st_size == len(good)
     # and once more: the new record is trusted
     assert build.build(request(), paths.cache_dir()).cached
+
+
+def test_building_the_exerciser_module_leaves_the_kernel_as_recorded() -> None:
+    # Its `make modules` once rewrote compile.h (who built it, where), and the
+    # next kernel build relinked vmlinux into another image than the recorded.
+    b = build.build(request(), paths.cache_dir())
+    compile_h = b.dir / "include/generated/compile.h"
+    before = compile_h.read_bytes(), b.vmlinux.read_bytes()
+    (b.dir / "Module.symvers").unlink(missing_ok=True)     # its whole work, make modules too
+    assert exerciser.build_module(b).exists()
+    assert (compile_h.read_bytes(), b.vmlinux.read_bytes()) == before
+    r = harness_build()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "changed since it was built" not in r.stdout
+    assert b.vmlinux.read_bytes() == before[1]
 
 
 def test_a_half_written_request_record_is_not_trusted() -> None:

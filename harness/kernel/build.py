@@ -366,7 +366,7 @@ def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,
         # Bisect steps: what make must rebuild after a checkout, ccache may still
         # know from an earlier step (e.g. going back to a revision already built).
         argv.append("CC=ccache gcc")
-    env = dict(os.environ, KBUILD_BUILD_USER="cpa-harness", KBUILD_BUILD_HOST="cpa-harness")
+    env = make_env()
     progress = None if quiet else Progress(f"build {req.arch.name}", expected)
     with open(log, "a") as logf:
         logf.write(f"$ {' '.join(argv)}\n")
@@ -398,6 +398,15 @@ def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,
         _raise_build_failure(req, log, targets)
     if measured is not None and progress is not None:
         measured(progress.count, time.monotonic() - progress.start)
+
+
+def make_env() -> dict[str, str]:
+    """The environment of every make in a build directory. The kernel's
+    include/generated/compile.h holds who built it and where: a make there
+    with another user or host (a module build's `make modules`) rewrites it,
+    and the next kernel build relinks vmlinux into another image than the
+    one the cache recorded."""
+    return dict(os.environ, KBUILD_BUILD_USER="cpa-harness", KBUILD_BUILD_HOST="cpa-harness")
 
 
 class BuildTimes:

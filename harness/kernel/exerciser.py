@@ -20,7 +20,7 @@ from pathlib import Path
 from harness import paths
 from harness.arches import get_arch
 from harness.errors import BuildError
-from harness.kernel.build import ERROR_RE, Build
+from harness.kernel.build import ERROR_RE, Build, make_env
 from harness.proc import die_with_parent
 
 SOURCE = paths.GUEST_DIR / "exerciser"
@@ -62,7 +62,7 @@ def _make(build: Build, extra: list[str], log: Path) -> None:
         f.flush()
         try:
             rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, timeout=MAKE_TIMEOUT,
+                                stdin=subprocess.DEVNULL, env=make_env(), timeout=MAKE_TIMEOUT,
                                 preexec_fn=die_with_parent).returncode
         except subprocess.TimeoutExpired:
             rc = -1
