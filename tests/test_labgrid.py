@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pexpect
 import pytest
 from helpers import as_from_a_terminal
 
@@ -32,7 +31,7 @@ from harness.errors import InfraError, UserError
 from harness.target import box as boxes
 from harness.target import lab
 from harness.target import labgrid_place as lg
-from harness.target.box_target import console_argv
+from harness.target.box_target import spawn_console
 from harness.target.ssh import free_port
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKDw4Sa61eMoJWOJJRZR3YaVg5gSmWdzQyqIkaX/9/V3"
@@ -232,11 +231,11 @@ def test_the_place_is_held_for_the_cell_and_released(labgrid: Lab) -> None:
 def test_the_console_is_the_places_serial_port(labgrid: Lab) -> None:
     with lg.held(labgrid.box()) as taken:
         # as a cell attaches it (box_target): socat to the address the place gives
-        argv = console_argv(taken)
-        child = pexpect.spawn(argv[0], argv[1:], timeout=10)
+        child = spawn_console(taken)
+        child.delaybeforesend = None    # no 50 ms for socat to make its pty raw
         try:
-            child.send(b"\r")
-            child.expect(b"lgbox login: ")
+            child.send(b"\r")      # at once: the pty is raw before socat runs
+            child.expect(b"lgbox login: ", timeout=10)
         finally:
             child.terminate(force=True)
         assert b"\r" in labgrid.line.received

@@ -22,6 +22,7 @@ import shlex
 import subprocess
 import tempfile
 import time
+import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,25 @@ def console_argv(box: Box) -> list[str]:
         return list(c.command)
     # raw, no echo: the pty between socat and the harness passes bytes as they are
     return ["socat", "-,raw,echo=0", f"TCP:{c.host}:{c.port}"]
+
+
+def _raw_console() -> None:
+    # In the child, before the console program runs: its pty is raw from the
+    # start. socat makes it raw only once it runs, and a carriage return the
+    # harness sent before that reached the line as a newline (the pty's ICRNL).
+    die_with_parent()
+    tty.setraw(0)
+
+
+def spawn_console(box: Box) -> pexpect.spawn:
+    """The console program on a raw pty (pexpect returns once it is exec'd)."""
+    argv = console_argv(box)
+    try:
+        return pexpect.spawn(argv[0], argv[1:], timeout=None, echo=False,
+                             preexec_fn=_raw_console, dimensions=(24, 500))
+    except pexpect.ExceptionPexpect as e:
+        raise InfraError(f"box {box.name!r}: the console {argv[0]} did not start: "
+                         f"{e}") from None
 
 
 class BoxTarget(Target):
@@ -210,13 +230,7 @@ class BoxTarget(Target):
         self.console.reopen = self._reopen_console
 
     def _spawn_console(self) -> pexpect.spawn:
-        argv = console_argv(self.box)
-        try:
-            return pexpect.spawn(argv[0], argv[1:], timeout=None, echo=False,
-                                 preexec_fn=die_with_parent, dimensions=(24, 500))
-        except pexpect.ExceptionPexpect as e:
-            raise InfraError(f"box {self.box.name!r}: the console {argv[0]} did not start: "
-                             f"{e}") from None
+        return spawn_console(self.box)
 
     def _reopen_console(self) -> pexpect.spawn | None:
         if self._ended is not None:     # aborted, or released: the line stays closed
