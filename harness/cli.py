@@ -72,7 +72,12 @@ def _add_source(p: argparse.ArgumentParser) -> None:
 def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="result directory (default: a new one under the data directory)")
-    p.add_argument("--jobs", type=int, default=2, metavar="N", help="cells run in parallel")
+    p.add_argument("--jobs", type=_jobs, default=None, metavar="N|auto",
+                   help="at most N cells at once; auto (the default): as many as the host's "
+                        "CPUs have room for, by what the running guests use, within memory")
+    p.add_argument("--builds-first", action="store_true",
+                   help="build every kernel before the first cell starts (default: a cell "
+                        "starts as soon as its kernel is built)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="auto: KVM if a probe guest really runs under it, else TCG")
     p.add_argument("--periods", type=int, metavar="N",
@@ -275,6 +280,16 @@ def _check_source(args: argparse.Namespace) -> None:
     source.patch_files(args.patch)
 
 
+def _jobs(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"takes a number of cells or 'auto', not {text!r}") from None
+
+
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise UserError(f"{name} must be at least 1, not {value}")
@@ -327,7 +342,8 @@ def _run_options(args: argparse.Namespace, kexec_target: Path | None) -> RunOpti
     _check_source(args)
     return RunOptions(tree=args.tree, patches=tuple(args.patch),
                       extra_fragments=tuple(args.fragment), sets=tuple(args.set),
-                      accel=args.accel, jobs=args.jobs, make_jobs=args.make_jobs, known=known,
+                      accel=args.accel, jobs=args.jobs, pipeline=not args.builds_first,
+                      make_jobs=args.make_jobs, known=known,
                       periods=args.periods, show_command=args.show_command,
                       kexec_rounds=args.kexec_rounds, kexec_target=kexec_target,
                       lab=args.lab, target=args.target or "")

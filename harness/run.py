@@ -1,26 +1,26 @@
 """Orchestration of a run: builds (each once), guest images, accelerators, cells.
 
-Operations raise typed errors; here they become cell verdicts. Cells run in
-parallel within --jobs; each cell's result is written the moment it ends, so
-an interrupted run keeps everything already finished.
+Operations raise typed errors; here they become cell verdicts. Cells start
+as their kernel is built and as the scheduler lets them (harness.schedule);
+each cell's result is written the moment it ends, so an interrupted run keeps
+everything already finished.
 """
 
 from __future__ import annotations
 
-import contextlib
 import platform
+import queue
 import secrets
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO, TypeVar, cast
 
+from harness import schedule
 from harness.cells import Cell
 from harness.console.known import KnownIssue
 from harness.errors import BuildError, HarnessError, OptionsDropped, UserError
@@ -45,7 +45,8 @@ class RunOptions:
     extra_fragments: tuple[str, ...] = ()
     sets: tuple[str, ...] = ()
     accel: str = "auto"
-    jobs: int = 2
+    jobs: int | None = None             # at most this many cells at once; None: by CPU demand
+    pipeline: bool = True               # cells start as their kernel is built
     make_jobs: int = 0
     known: list[KnownIssue] = field(default_factory=list)
     out: Path | None = None
@@ -88,13 +89,15 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
     fleet = Fleet()     # this run's guests and its stop flag
 
     written: set[str] = set()
+    lock = threading.Lock()     # the preparing thread finishes the cells it could not prepare
 
     def finish(res: CellResult) -> None:
-        if res.name in written:
-            return
-        written.add(res.name)
-        results[res.name] = res
-        write_cell(run_dir, res)
+        with lock:
+            if res.name in written:
+                return
+            written.add(res.name)
+            results[res.name] = res
+            write_cell(run_dir, res)
         if live:
             live.finished(res.name)
         say(out, f"[{res.name}] {res.verdict.value}{': ' + res.reason if res.reason else ''}"
@@ -107,30 +110,33 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
             meta["source_id"] = src.id
             meta["kernel_version"] = src.version
             say(out, f"source: {src.id} ({src.version})")
-            runnable = _prepare(cells, opts, src, run_dir, cache, finish, out, fleet)
+            prepared = _prepared(_build_order(cells, opts), opts, src, run_dir, cache,
+                                 finish, out, fleet)
             if opts.show_command:
-                for cell, ctx in runnable:
+                for cell, ctx in prepared:
                     out.write(f"{cell.name}: {ctx.targets.command()}\n")
                 return list(results.values())
-            pool = ThreadPoolExecutor(max_workers=max(1, opts.jobs))
+            sched = schedule.Scheduler(opts.jobs, schedule.History(cache / "demand.json"),
+                                       partial(say, out))
+            meta["schedule"] = {"jobs": opts.jobs or "auto", "cpus": sched.cpus,
+                                "pipeline": opts.pipeline}
+            ready: queue.Queue[schedule.Job[CellResult] | None] = queue.Queue()
+            feed = partial(_feed, prepared, ready, out, fleet)
+            if opts.pipeline:   # cells start as their kernel is built
+                threading.Thread(target=feed, name="prepare", daemon=True).start()
+            else:
+                feed()
+
+            def done(job: schedule.Job[CellResult], res: CellResult,
+                     r: schedule.Running) -> None:
+                if r.cpu:
+                    res.durations["guest_cpu"] = round(r.cpu, 1)
+                finish(res)
+
             try:
-                budget = MemoryBudget.of_host()
-                futures = [pool.submit(_run_one, cell, ctx, out, fleet, budget)
-                           for cell, ctx in runnable]
-                for fut in as_completed(futures):
-                    finish(fut.result())
-            except (KeyboardInterrupt, HarnessError) as stop:
-                # Cells not yet started stay "not-run"; running guests are killed so
-                # their threads end now, and what finished is written if it can be
-                # (what stopped the run may be that results cannot be written).
-                pool.shutdown(wait=False, cancel_futures=True)
-                fleet.stop()
-                for fut in futures:
-                    if fut.done() and not fut.cancelled() and fut.exception() is None:
-                        with contextlib.suppress(HarnessError):
-                            finish(fut.result())
-                raise stop
-            pool.shutdown()
+                sched.run(ready, done, fleet.stop)
+            finally:
+                meta["schedule"]["most_running"] = sched.most_running
     except KeyboardInterrupt:
         meta["interrupted"] = True
         raise
@@ -173,12 +179,44 @@ def _once(memo: dict[Any, Any], key: object, make: Callable[[], T]) -> T:
     return cast(T, got)
 
 
-def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: Path,
-             cache: Path, finish: Callable[[CellResult], None],
-             out: TextIO, fleet: Fleet) -> list[tuple[Cell, CellContext]]:
-    """Builds, guest images and accelerator choices, each made once and shared."""
+def _build_order(cells: list[Cell], opts: RunOptions) -> list[Cell]:
+    """The cells grouped by the kernel they need, in the order each kernel is
+    first needed: with builds in a pipeline, a cell whose kernel is built never
+    waits behind another kernel's build."""
+    first: dict[Any, int] = {}
+    for c in cells:
+        first.setdefault(_build_key(c, opts), len(first))
+    return sorted(cells, key=lambda c: first[_build_key(c, opts)])
+
+
+def _feed(prepared: Iterator[tuple[Cell, CellContext]],
+          ready: queue.Queue[schedule.Job[CellResult] | None], out: TextIO,
+          fleet: Fleet) -> None:
+    """Each prepared cell to the scheduler, then the end; in the preparing
+    thread when builds run in a pipeline, so it reports to `out` itself."""
+    try:
+        with reporting(out):
+            for cell, ctx in prepared:
+                if fleet.stopping.is_set():
+                    return
+                ready.put(schedule.Job(
+                    cell.name, cell.memory_mb, f"{cell.name}|{cell.arch}|{ctx.accel}",
+                    ctx.targets.host_pids, partial(_attempts, cell, ctx, out, fleet),
+                    on_host=ctx.accel != "box"))
+    except BaseException as e:      # noqa: BLE001 - a bug here must not hang the run
+        say(out, f"preparing cells stopped: {type(e).__name__}: {e}")
+        raise
+    finally:
+        ready.put(None)
+
+
+def _prepared(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: Path,
+              cache: Path, finish: Callable[[CellResult], None],
+              out: TextIO, fleet: Fleet) -> Iterator[tuple[Cell, CellContext]]:
+    """Builds, guest images and accelerator choices, each made once and
+    shared; each cell as soon as what it needs is made. A cell that cannot
+    be prepared is finished with its error."""
     memo: dict[Any, Any] = {}
-    runnable = []
 
     def build(cell: Cell, own: tuple[Path, Path] | None) -> kbuild.Build:
         _, fragments, sets, fast = _build_key(cell, opts)
@@ -252,11 +290,12 @@ def _prepare(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: P
                 assert acc is not None
                 targets = QemuTargets(cell, b.image, img, acc, fleet, ssh_key=key)
                 how = (acc.accel, acc.reason)
-            runnable.append((cell, CellContext(b, targets, img, run_dir / "cells" / cell.name,
-                                               opts.known, *how, kexec_image=target)))
+            ctx = CellContext(b, targets, img, run_dir / "cells" / cell.name, opts.known, *how,
+                              kexec_image=target)
         except HarnessError as e:
             finish(_error_result(cell, e))
-    return runnable
+            continue
+        yield cell, ctx
 
 
 def _box(cell: Cell, opts: RunOptions, memo: dict[Any, Any]) -> lab.Box | None:
@@ -288,7 +327,7 @@ def run_session(cell: Cell, opts: RunOptions, run_dir: Path, cache: Path, mode: 
             "source_id": src.id, "kernel_version": src.version, "session": mode}
     try:
         with reporting(out):
-            prepared = _prepare([cell], opts, src, run_dir, cache, keep, out, Fleet())
+            prepared = list(_prepared([cell], opts, src, run_dir, cache, keep, out, Fleet()))
         for c, ctx in prepared:
             ctx.cell_dir.mkdir(parents=True, exist_ok=True)
             try:
@@ -319,54 +358,6 @@ SCENARIOS: dict[str, Callable[[Cell, CellContext], CellResult]] = {
     "cpa": cpa.run,
     "selfcheck": selfcheck.run,
 }
-
-
-class MemoryBudget:
-    """Cells start only while their guests' memory fits in what the host has free.
-
-    --jobs bounds the CPUs; this bounds the RAM: QEMU can touch all of a
-    guest's memory (debug_pagealloc workloads do), and a host that swaps
-    turns every timeout into a false hang. A cell larger than the whole
-    budget still runs, alone.
-    """
-
-    OVERHEAD_MB = 256       # QEMU itself, TCG's translation cache
-
-    def __init__(self, total_mb: int) -> None:
-        self.total = total_mb
-        self.used = 0
-        self.cond = threading.Condition()
-
-    @classmethod
-    def of_host(cls) -> MemoryBudget:
-        avail_kb = 0
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        avail_kb = int(line.split()[1])
-        except (OSError, ValueError):
-            pass
-        return cls(int(avail_kb / 1024 * 0.8) if avail_kb else 1 << 30)
-
-    @contextmanager
-    def hold(self, memory_mb: int) -> Iterator[None]:
-        need = memory_mb + self.OVERHEAD_MB
-        with self.cond:
-            self.cond.wait_for(lambda: self.used == 0 or self.used + need <= self.total)
-            self.used += need
-        try:
-            yield
-        finally:
-            with self.cond:
-                self.used -= need
-                self.cond.notify_all()
-
-
-def _run_one(cell: Cell, ctx: CellContext, out: TextIO, fleet: Fleet,
-             budget: MemoryBudget | None = None) -> CellResult:
-    with budget.hold(cell.memory_mb) if budget else nullcontext():
-        return _attempts(cell, ctx, out, fleet)
 
 
 def _attempts(cell: Cell, ctx: CellContext, out: TextIO, fleet: Fleet) -> CellResult:

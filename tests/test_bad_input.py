@@ -390,7 +390,7 @@ def test_hostile_cmdline_is_one_argv_word(cmdline: str, tmp_path: Path,
     monkeypatch.setenv("CPA_HARNESS_CACHE", str(tmp_path / "cache"))
 
     def prepared(cells: list[Any], opts: Any, src: Any, run_dir: Path, *rest: Any) -> Any:
-        # what _prepare returns after a build, an initramfs and an accelerator probe
+        # what _prepared gives after a build, an initramfs and an accelerator probe
         b = Build("x86_64", tmp_path, tmp_path / "bz Image", tmp_path / "vmlinux",
                   tmp_path / ".config", src.id, "0" * 64, True, 0.0, tmp_path / "log")
         initrd = tmp_path / "initrd.cpio"
@@ -399,7 +399,7 @@ def test_hostile_cmdline_is_one_argv_word(cmdline: str, tmp_path: Path,
                                 initrd, run_dir / "cells" / c.name, [], "tcg"))
                 for c in cells]
 
-    monkeypatch.setattr(run, "_prepare", prepared)
+    monkeypatch.setattr(run, "_prepared", prepared)
     tree = _fake_tree(tmp_path / "linux")
     code, out, err = run_cli(["boot", "--arch", "x86_64", "--show-command", "--tree", str(tree),
                               "--out", str(tmp_path / "out"), "--cmdline", cmdline], capsys)

@@ -26,7 +26,7 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     (["run", "--tree", "/etc"], 2, "is not a kernel source tree"),
     (["run", "--fragment", "no-such-fragment"], 2, "unknown config fragment"),
     (["run", "--jobs", "0"], 2, "--jobs must be at least 1"),
-    (["run", "--jobs", "two"], 2, "invalid int value"),
+    (["run", "--jobs", "two"], 2, "takes a number of cells or 'auto', not 'two'"),
     (["run", "--known-issues", "/nonexistent.toml"], 2, "known-issues file"),
     (["boot", "--arch", "arm64"], 2, "invalid choice"),
     (["boot", "--arch", "x86_64", "--memory", "0"], 2, "--memory must be at least 1"),

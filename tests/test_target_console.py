@@ -98,38 +98,6 @@ def test_drain_reraises_what_ended_the_guest(tmp_path: Path) -> None:
     m.close()
 
 
-def test_memory_budget_holds_cells_back_until_memory_is_free() -> None:
-    import threading
-
-    from harness.run import MemoryBudget
-    budget = MemoryBudget(3000)
-    order: list[str] = []
-    first = threading.Event()
-    release = threading.Event()
-
-    def big(name: str) -> None:
-        with budget.hold(2048):
-            order.append(f"start {name}")
-            first.set()
-            release.wait(5)
-            order.append(f"end {name}")
-
-    a = threading.Thread(target=big, args=("a",))
-    b = threading.Thread(target=big, args=("b",))
-    a.start()
-    first.wait(5)
-    b.start()
-    time.sleep(0.3)
-    assert order == ["start a"]          # b does not fit beside a
-    release.set()
-    a.join(5)
-    b.join(5)
-    assert order == ["start a", "end a", "start b", "end b"]
-    # a cell larger than the whole budget still runs, alone
-    with MemoryBudget(100).hold(4096):
-        pass
-
-
 def test_live_view_draws_a_status_line_under_the_log() -> None:
     import io
 

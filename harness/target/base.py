@@ -119,6 +119,11 @@ class Targets(abc.ABC):
     def command(self, extra_cmdline: str = "") -> str:
         """How a target of this cell is started, for --show-command and the results."""
 
+    def host_pids(self) -> list[int]:
+        """The processes on this host of the cell's live machines, whose CPU
+        the scheduler measures; none for a lab box."""
+        return []
+
 
 class Fleet:
     """A run's live targets and its stop flag.

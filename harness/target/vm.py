@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,7 @@ class QemuTargets(Targets):
     accel: AccelChoice
     fleet: Fleet
     ssh_key: Path | None = None
+    made: list[QemuTarget] = field(default_factory=list, repr=False)
 
     def params(self, extra_cmdline: str = "", ssh_port: int | None = None) -> QemuParams:
         c = self.cell
@@ -180,8 +181,15 @@ class QemuTargets(Targets):
             is_fatal: Callable[[Failure, str | None], bool],
             extra_cmdline: str = "") -> QemuTarget:
         access = SshAccess(free_port(), self.ssh_key) if ssh and self.ssh_key else None
-        return QemuTarget(self.params(extra_cmdline, access.port if access else None),
-                          serial_log, self.fleet, access, self.timeouts.command, is_fatal)
+        target = QemuTarget(self.params(extra_cmdline, access.port if access else None),
+                            serial_log, self.fleet, access, self.timeouts.command, is_fatal)
+        self.made = [*(t for t in self.made if t.child is None or pid_running(t.child.pid)),
+                     target]
+        return target
+
+    def host_pids(self) -> list[int]:
+        # pid_running, not alive(): waitpid() here would race the cell's thread
+        return [c.pid for t in self.made if (c := t.child) is not None and pid_running(c.pid)]
 
     @property
     def timeouts(self) -> Timeouts:
