@@ -1,11 +1,11 @@
 """Benchmark of the scheduler: one matrix run once per variant, side by side.
 
-    python bench/schedule.py [--matrix ci/nightly.toml] [--cold] [--out DIR]
-                             [--variant ARGS]...
+    python bench/schedule.py [--matrix FILE] [--cold] [--out DIR] [--variant ARGS]...
 
 Each variant is a string of extra `cpa-harness run` arguments ("--jobs 1",
 "" for the defaults, "--builds-first"); the default compares `--jobs 1` with
-the scheduler's default. The variants run one after the other in this
+the scheduler's default. Without --matrix, the cells are `cpa-harness run`'s
+own (the smoke matrix). The variants run one after the other in this
 process, on the same host, so their ratio is the figure. --cold gives each
 variant kernels of its own to build (a CONFIG_LOCALVERSION of its own, so
 the build cache has none of them): what a pipeline of builds and cells is
@@ -46,7 +46,7 @@ class Row:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--matrix", type=Path, default=ROOT / "ci" / "nightly.toml")
+    ap.add_argument("--matrix", type=Path, help="a matrix file (default: the smoke matrix)")
     ap.add_argument("--variant", action="append", default=[],
                     help="extra 'cpa-harness run' arguments (repeatable)")
     ap.add_argument("--cold", action="store_true", help="every variant builds its kernels")
@@ -57,8 +57,9 @@ def main() -> int:
     rows: list[Row] = []
     for n, v in enumerate(variants, 1):
         run_dir = args.out / f"variant-{n}"
-        argv = [sys.executable, "-m", "harness", "run", "--matrix", str(args.matrix),
-                "--out", str(run_dir), *shlex.split(v)]
+        argv = [sys.executable, "-m", "harness", "run", "--out", str(run_dir),
+                *(["--matrix", str(args.matrix.resolve())] if args.matrix else []),
+                *shlex.split(v)]
         if args.cold:
             argv += ["--set", f'CONFIG_LOCALVERSION="-bench{secrets.token_hex(3)}"']
         start = time.monotonic()
