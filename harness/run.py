@@ -195,7 +195,7 @@ def _feed(prepared: Iterator[tuple[Cell, CellContext]],
     """Each prepared cell to the scheduler, then the end; in the preparing
     thread when builds run in a pipeline, so it reports to `out` itself."""
     try:
-        with reporting(out):
+        with reporting(out), kbuild.stopped_by(fleet.stopping):
             for cell, ctx in prepared:
                 if fleet.stopping.is_set():
                     return
@@ -293,6 +293,8 @@ def _prepared(cells: list[Cell], opts: RunOptions, src: source.Source, run_dir: 
             ctx = CellContext(b, targets, img, run_dir / "cells" / cell.name, opts.known, *how,
                               kexec_image=target)
         except HarnessError as e:
+            if fleet.stopping.is_set():
+                return      # a build killed as the run stopped: the cells stay not-run
             finish(_error_result(cell, e))
             continue
         yield cell, ctx

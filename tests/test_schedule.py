@@ -262,3 +262,47 @@ def test_cells_are_prepared_kernel_by_kernel_in_the_order_first_needed() -> None
              replace(x86, name="fast", selftest_period_ms=1000), replace(i386, name="i2")]
     got = [c.name for c in _build_order(cells, RunOptions())]
     assert got == ["x1", "x2", "i1", "i2", "fast"]
+
+
+def test_a_build_in_the_preparing_thread_is_killed_when_the_run_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """make (here a tree whose tinyconfig sleeps) ends within a second of the
+    stop, with its children: a stopped run leaves no build running."""
+    from helpers import fake_kernel_tree
+
+    from harness.arches import ARCHES
+    from harness.errors import InfraError
+    from harness.kernel import build as kbuild
+    from harness.kernel import source
+    tree = fake_kernel_tree(tmp_path / "linux")
+    marker = f"cpa-stop-{os.getpid()}"
+    with open(tree / "Makefile", "a") as f:
+        f.write(f"tinyconfig:\n\tsleep 60; echo {marker}\n")
+    monkeypatch.setenv("CPA_HARNESS_CACHE", str(tmp_path / "cache"))
+    arch = ARCHES["x86_64"]
+    req = kbuild.BuildRequest(source.resolve(str(tree), tmp_path / "cache"), arch,
+                              kbuild.fragments_for(arch, ["cpa-test"]))
+    stop = threading.Event()
+    got: list[BaseException] = []
+
+    def build() -> None:
+        with kbuild.stopped_by(stop):
+            try:
+                kbuild.build(req, tmp_path / "cache")
+            except BaseException as e:     # noqa: BLE001 - the test reads it
+                got.append(e)
+
+    t = threading.Thread(target=build)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not subprocess.run(["pgrep", "-f", f"sleep 60; echo {marker}"],
+                             capture_output=True).stdout and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    t.join(5)
+    assert not t.is_alive()
+    assert len(got) == 1 and isinstance(got[0], InfraError), got
+    assert "the build of x86_64 was stopped: the run is stopping" in str(got[0])
+    time.sleep(0.5)
+    assert not subprocess.run(["pgrep", "-f", f"sleep 60; echo {marker}"],
+                              capture_output=True).stdout

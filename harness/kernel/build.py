@@ -15,8 +15,11 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,6 +378,9 @@ def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,
                                 stdin=subprocess.DEVNULL, env=env, text=True,
                                 errors="replace", start_new_session=True,
                                 preexec_fn=_make_preexec)
+        stop = _stop.get()
+        if stop is not None:
+            threading.Thread(target=_kill_on, args=(stop, proc), daemon=True).start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -389,6 +395,9 @@ def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,
         finally:
             if progress:
                 progress.done()
+    if stop is not None and stop.is_set():
+        # make's own exit status after the kill would read as a broken build
+        raise InfraError(f"the build of {req.arch.name} was stopped: the run is stopping")
     if rc < 0:
         # Killed (the OOM killer?): make could not delete its half-made target,
         # and the kernel is not to blame. The building marker stays.
@@ -398,6 +407,27 @@ def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,
         _raise_build_failure(req, log, targets)
     if measured is not None and progress is not None:
         measured(progress.count, time.monotonic() - progress.start)
+
+
+_stop: ContextVar[threading.Event | None] = ContextVar("stop", default=None)
+
+
+@contextmanager
+def stopped_by(event: threading.Event) -> Iterator[None]:
+    """Every make this thread runs in the block is killed when `event` is set:
+    a run that stops while its kernels build in a thread of their own."""
+    token = _stop.set(event)
+    try:
+        yield
+    finally:
+        _stop.reset(token)
+
+
+def _kill_on(stop: threading.Event, proc: subprocess.Popen[str]) -> None:
+    while proc.poll() is None:
+        if stop.wait(0.5):
+            kill_group(proc)
+            return
 
 
 def _make_preexec() -> None:
