@@ -121,9 +121,11 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
             meta["schedule"] = {"jobs": opts.jobs or "auto", "cpus": sched.cpus,
                                 "pipeline": opts.pipeline}
             ready: queue.Queue[schedule.Job[CellResult] | None] = queue.Queue()
-            feed = partial(_feed, prepared, ready, out, fleet)
+            crashed: list[BaseException] = []
+            feed = partial(_feed, prepared, ready, out, fleet, crashed)
+            feeder = threading.Thread(target=feed, name="prepare", daemon=True)
             if opts.pipeline:   # cells start as their kernel is built
-                threading.Thread(target=feed, name="prepare", daemon=True).start()
+                feeder.start()
             else:
                 feed()
 
@@ -137,6 +139,12 @@ def run_cells(cells: list[Cell], opts: RunOptions, run_dir: Path, cache: Path,
                 sched.run(ready, done, fleet.stop)
             finally:
                 meta["schedule"]["most_running"] = sched.most_running
+                if feeder.is_alive():
+                    # Stopped while preparing: its make is killed, a box it
+                    # holds is given back; wait for that, within reason.
+                    feeder.join(PREPARE_JOIN_S)
+            if crashed:
+                raise crashed[0]
     except KeyboardInterrupt:
         meta["interrupted"] = True
         raise
@@ -189,11 +197,15 @@ def _build_order(cells: list[Cell], opts: RunOptions) -> list[Cell]:
     return sorted(cells, key=lambda c: first[_build_key(c, opts)])
 
 
+PREPARE_JOIN_S = 60.0
+
+
 def _feed(prepared: Iterator[tuple[Cell, CellContext]],
           ready: queue.Queue[schedule.Job[CellResult] | None], out: TextIO,
-          fleet: Fleet) -> None:
+          fleet: Fleet, crashed: list[BaseException]) -> None:
     """Each prepared cell to the scheduler, then the end; in the preparing
-    thread when builds run in a pipeline, so it reports to `out` itself."""
+    thread when builds run in a pipeline, so it reports to `out` itself and
+    leaves what stopped it in `crashed`, for the run to raise."""
     try:
         with reporting(out), kbuild.stopped_by(fleet.stopping):
             for cell, ctx in prepared:
@@ -203,9 +215,10 @@ def _feed(prepared: Iterator[tuple[Cell, CellContext]],
                     cell.name, cell.memory_mb, f"{cell.name}|{cell.arch}|{ctx.accel}",
                     ctx.targets.host_pids, partial(_attempts, cell, ctx, out, fleet),
                     on_host=ctx.accel != "box"))
-    except BaseException as e:      # noqa: BLE001 - a bug here must not hang the run
-        say(out, f"preparing cells stopped: {type(e).__name__}: {e}")
-        raise
+    except BaseException as e:      # noqa: BLE001 - the run raises it, once its cells end
+        crashed.append(e)
+        if threading.current_thread() is threading.main_thread():
+            raise
     finally:
         ready.put(None)
 

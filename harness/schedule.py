@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from harness.errors import HarnessError
 from harness.files import write_json
 
 TICK_S = 1.0            # how often guests and the host are sampled
@@ -107,6 +108,11 @@ def process_times(pid: int) -> tuple[float, float] | None:
     return on, wait
 
 
+def measurable() -> bool:
+    """Whether this kernel keeps the per-task schedstat process_times reads."""
+    return Path(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/schedstat").exists()
+
+
 class History:
     """Each cell's CPU use in its last runs, as cores on average (demand.json)."""
 
@@ -136,8 +142,8 @@ class History:
             all_[key] = [*all_.get(key, [])[-(self.KEEP - 1):], round(rate, 3)]
             try:
                 write_json(self.path, all_)
-            except OSError:
-                pass    # the figure is an optimisation, never a reason to fail a cell
+            except (HarnessError, OSError):
+                pass    # the figure is an optimisation, never a reason to lose a cell
 
 
 @dataclass
@@ -218,6 +224,8 @@ def may_start(nxt: Next, running: list[Running], now: float, *, limit: int | Non
         return f"{used_mb + need} MB of guests would not fit in {memory_mb} MB"
     if limit is not None:
         return f"{limit} cells run (--jobs {limit})" if len(running) >= limit else None
+    if not nxt.on_host:
+        return None     # a lab box: this host's CPUs are not what it runs on
     if len(running) >= PER_CPU * cpus:
         return f"{len(running)} cells run, the most for {cpus} CPUs"
     for r in running:
@@ -287,12 +295,24 @@ class Scheduler:
                  host: HostLoad | None = None,
                  times: Callable[[int], tuple[float, float] | None] = process_times,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.history, self.tell = limit, history, tell
         self.cpus = cpus or host_cpus()
+        if limit is None and times is process_times and not measurable():
+            limit = self.cpus
+            tell(f"this host's kernel has no per-task schedstat (CONFIG_SCHED_INFO): guests' "
+                 f"CPU cannot be measured, so at most {limit} cells run at once, one a CPU")
+        self.limit, self.history, self.tell = limit, history, tell
+        # Guests are given what was available at the start, less what other
+        # work (a build beside them) takes from it later.
         self.memory_mb = memory_mb if memory_mb is not None else available_memory_mb()
+        fixed = self.memory_mb
+        self.memory_now: Callable[[], int] = ((lambda: fixed) if memory_mb is not None
+                                              else available_memory_mb)
         self.host = host or HostLoad()
         self.times, self.clock = times, clock
         self.most_running = 0
+        # Cells that ended in the last window: their CPU is still in the host's
+        # busy time, and it is not other work's.
+        self._ended_lately: deque[Running] = deque()
 
     def run(self, ready: queue.Queue[Job[R] | None],
             done: Callable[[Job[R], R, Running], None],
@@ -361,15 +381,19 @@ class Scheduler:
                 pending.append(job)
 
     def _why_wait(self, job: Job[R], running: list[Running], now: float) -> str | None:
-        ours = sum(r.rates()[0] for r in running if r.on_host)
+        while self._ended_lately and now - self._ended_lately[0].samples[-1][0] > WINDOW_S:
+            self._ended_lately.popleft()
+        ours = sum(r.rates()[0] for r in [*running, *self._ended_lately] if r.on_host)
         others, steal = self.host.rates(ours)
+        held = sum(r.memory_mb + OVERHEAD_MB for r in running if r.on_host)
+        memory = min(self.memory_mb, self.memory_now() + held)
         return may_start(Next(job.name, job.memory_mb, self.history.demand(job.key),
                               job.on_host), running, now, limit=self.limit,
-                         cpus=self.cpus, memory_mb=self.memory_mb, others=others,
-                         steal=steal)
+                         cpus=self.cpus, memory_mb=memory, others=others, steal=steal)
 
     def _ended(self, job: Job[R], r: Running, now: float) -> None:
         r.sample(now, self.times)
+        self._ended_lately.append(r)
         wall = now - r.started
         if job.on_host and r.cpu > 0 and wall > 0:
             self.history.record(job.key, r.cpu / wall)

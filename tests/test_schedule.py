@@ -106,7 +106,8 @@ def test_memory_holds_a_cell_back_even_with_jobs_given() -> None:
 
 def test_a_lab_box_uses_neither_the_hosts_cores_nor_its_memory() -> None:
     boxes = [running(n, cores=0.0, age=1.0, on_host=False) for n in "acd"]
-    assert start(nxt("e", on_host=False), boxes, cpus=1, memory_mb=0) is None
+    assert start(nxt("e", on_host=False), boxes, cpus=1, memory_mb=0, steal=0.5) is None
+    assert start(nxt("e"), boxes, cpus=1) is None        # a guest beside them
 
 
 def test_no_more_than_four_cells_a_cpu() -> None:
@@ -148,6 +149,7 @@ def test_process_times_of_a_real_busy_process() -> None:
         on, waited = got
         assert 0.7 < on < 1.5
         assert waited >= 0.0
+        assert schedule.measurable()     # what the fallback looks for is what was read
     finally:
         child.kill()
         child.wait()
@@ -179,6 +181,56 @@ def test_history_keeps_the_last_runs_and_says_the_heaviest(tmp_path: Path) -> No
     assert h.demand("x") is None     # a broken file is a guess, not an error
 
 
+def test_a_history_that_cannot_be_written_loses_no_cell(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    h = History(tmp_path / "file" / "demand.json")
+    h.record("x", 0.5)          # a cache that cannot be written: only the figure is lost
+    assert h.demand("x") is None
+
+
+def test_without_schedstat_one_cell_a_cpu(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(schedule, "measurable", lambda: False)
+    told: list[str] = []
+    sched = Scheduler(None, History(tmp_path / "d.json"), told.append, cpus=3)
+    assert sched.limit == 3
+    assert told == ["this host's kernel has no per-task schedstat (CONFIG_SCHED_INFO): "
+                    "guests' CPU cannot be measured, so at most 3 cells run at once, one a CPU"]
+
+
+def test_memory_other_work_took_since_the_start_is_not_given_to_guests(
+        tmp_path: Path) -> None:
+    sched = Scheduler(None, History(tmp_path / "d.json"), cpus=64, memory_mb=8000,
+                      host=HostLoad(lambda: None))
+    sched.memory_now = lambda: 1000          # a build took 7 GB since
+    a = running("a", memory=1024, cores=0.0)
+    why = sched._why_wait(Job("b", 1024, "b", list, str), [a], 1000.0)
+    assert why == (f"{2 * (1024 + OVERHEAD_MB)} MB of guests would not fit in "
+                   f"{1000 + 1024 + OVERHEAD_MB} MB")
+
+
+def test_a_crash_while_preparing_cells_is_raised_by_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the preparing thread a bug must not end the run as if its cells had
+    only not run: the run raises it, and its summary is written."""
+    from helpers import fake_kernel_tree
+
+    from harness import run
+    from harness.cells import SMOKE
+
+    def prepared(*args: object) -> object:
+        raise RuntimeError("a bug while preparing")
+        yield
+
+    monkeypatch.setenv("CPA_HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(run, "_prepared", prepared)
+    tree = fake_kernel_tree(tmp_path / "linux")
+    with pytest.raises(RuntimeError, match="a bug while preparing"):
+        run.run_cells(list(SMOKE[:2]), run.RunOptions(tree=str(tree)), tmp_path / "run",
+                      tmp_path / "cache", out=open(os.devnull, "w"))
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
 def _job(name: str, log: list[str], gate: threading.Event | None = None,
          result: str = "") -> Job[str]:
     def work() -> str:
@@ -203,19 +255,24 @@ def test_the_scheduler_starts_cells_as_they_come_and_as_the_cores_allow(
     sched = Scheduler(None, History(tmp_path / "d.json"), told.append, cpus=2,
                       memory_mb=10000, host=HostLoad(lambda: None))
     got: list[str] = []
+    before: list[str] = []
 
     def later() -> None:
-        time.sleep(1.5)
-        assert log == ["start a", "start b"]
-        gate.set()
-        time.sleep(0.5)
-        ready.put(_job("d", log))
-        ready.put(None)
+        try:
+            time.sleep(1.5)
+            before.extend(log)
+            gate.set()
+            time.sleep(0.5)
+            ready.put(_job("d", log))
+        finally:
+            gate.set()
+            ready.put(None)
 
     feeder = threading.Thread(target=later)
     feeder.start()
     sched.run(ready, lambda job, res, r: got.append(res), lambda: None)
     feeder.join()
+    assert before == ["start a", "start b"]
     assert sorted(got) == ["a", "b", "c", "d"]
     assert told == ["[c] waits: 2.0 cores used by 2 cells, of 2: c needs 1.0"]
     assert sched.most_running == 2
@@ -223,10 +280,12 @@ def test_the_scheduler_starts_cells_as_they_come_and_as_the_cores_allow(
 
 def test_a_failure_to_write_a_result_stops_the_run_and_keeps_what_ended(
         tmp_path: Path) -> None:
+    """a's result cannot be written: the run stops, c never starts, and b,
+    which had ended meanwhile, is still told."""
     log: list[str] = []
     gate = threading.Event()
     ready: queue.Queue[Job[str] | None] = queue.Queue()
-    for job in (_job("a", log), _job("b", log, gate), _job("c", log, gate)):
+    for job in (_job("a", log), _job("b", log), _job("c", log, gate)):
         ready.put(job)
     ready.put(None)
     stopped: list[bool] = []
@@ -234,6 +293,8 @@ def test_a_failure_to_write_a_result_stops_the_run_and_keeps_what_ended(
 
     def done(job: Job[str], res: str, r: Running) -> None:
         if res == "a":
+            while "end b" not in log:
+                time.sleep(0.01)
             raise OSError("disk full")
         got.append(res)
 
@@ -247,6 +308,7 @@ def test_a_failure_to_write_a_result_stops_the_run_and_keeps_what_ended(
         sched.run(ready, done, stop)
     assert stopped == [True]
     assert "start c" not in log      # not started once the run stopped
+    assert got == ["b"]
 
 
 def test_cells_are_prepared_kernel_by_kernel_in_the_order_first_needed() -> None:

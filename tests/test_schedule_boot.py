@@ -24,7 +24,6 @@ def test_cells_by_demand_record_what_their_guests_used(tmp_path: Path) -> None:
     results = run_cells(cells, RunOptions(accel="tcg"), tmp_path, paths.cache_dir())
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["schedule"]["jobs"] == "auto" and summary["schedule"]["pipeline"]
-    assert summary["schedule"]["most_running"] >= 1
     history = History(paths.cache_dir() / "demand.json")
     for res in results:
         assert res.verdict == Verdict.PASS, res.reason
