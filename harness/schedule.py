@@ -341,7 +341,9 @@ class Scheduler:
                     job = pending[0]
                     why = self._why_wait(job, [r for _, r in running.values()], now)
                     if why is not None:
-                        if job.name not in told:
+                        # waiting for one of --jobs N is what was asked: not news
+                        limited = self.limit is not None and len(running) >= self.limit
+                        if job.name not in told and not limited:
                             told.add(job.name)
                             self.tell(f"[{job.name}] waits: {why}")
                         break
