@@ -1,9 +1,10 @@
 """Benchmark of the scheduler: one matrix run once per variant, side by side.
 
-    python bench/schedule.py [--matrix FILE] [--cold] [--out DIR] [--variant ARGS]...
+    python bench/schedule.py [--matrix FILE] [--cold] [--out DIR] [--variant=ARGS]...
 
-Each variant is a string of extra `cpa-harness run` arguments ("--jobs 1",
-"" for the defaults, "--builds-first"); the default compares `--jobs 1` with
+Each variant is a string of extra `cpa-harness run` arguments
+(`--variant="--jobs 1"`, `--variant=` for the defaults,
+`--variant=--builds-first`: with the `=`, since they start with a dash); the default compares `--jobs 1` with
 the scheduler's default. Without --matrix, the cells are `cpa-harness run`'s
 own (the smoke matrix). The variants run one after the other in this
 process, on the same host, so their ratio is the figure. --cold gives each
