@@ -4,13 +4,13 @@
 
 Each variant is a string of extra `cpa-harness run` arguments
 (`--variant="--jobs 1"`, `--variant=` for the defaults,
-`--variant=--builds-first`: with the `=`, since they start with a dash); the default compares `--jobs 1` with
-the scheduler's default. Without --matrix, the cells are `cpa-harness run`'s
-own (the smoke matrix). The variants run one after the other in this
-process, on the same host, so their ratio is the figure. --cold gives each
-variant kernels of its own to build (a CONFIG_LOCALVERSION of its own, so
-the build cache has none of them): what a pipeline of builds and cells is
-measured on.
+`--variant=--builds-first`: with the `=`, since they start with a dash); the
+default compares `--jobs 1` with the scheduler's default. Without --matrix,
+the cells are `cpa-harness run`'s own (the smoke matrix). The variants run
+one after the other in this process, on the same host, so their ratio is the
+figure. --cold gives each variant kernels of its own to build (a
+CONFIG_LOCALVERSION of its own, so the build cache has none of them): what a
+pipeline of builds and cells is measured on.
 
 Per variant it prints the wall time, the cells' verdicts, the most cells
 that ran at once, the sum of the cells' times and of their guests' CPU, and
