@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from harness import paths
 from harness.arches import Arch
@@ -369,15 +369,11 @@ def _make(req: BuildRequest, out: Path, targets: list[str], log: Path,
         # Bisect steps: what make must rebuild after a checkout, ccache may still
         # know from an earlier step (e.g. going back to a revision already built).
         argv.append("CC=ccache gcc")
-    env = make_env()
     progress = None if quiet else Progress(f"build {req.arch.name}", expected)
     with open(log, "a") as logf:
         logf.write(f"$ {' '.join(argv)}\n")
         logf.flush()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, text=True,
-                                errors="replace", start_new_session=True,
-                                preexec_fn=_make_preexec)
+        proc = start_make(argv, subprocess.PIPE)
         stop = _stop.get()
         if stop is not None:
             threading.Thread(target=_kill_on, args=(stop, proc), daemon=True).start()
@@ -443,6 +439,17 @@ def _make_preexec() -> None:
             f.write("10")
     except OSError:
         pass        # no autogroups: the nice value alone counts
+
+
+def start_make(argv: list[str], stdout: IO[str] | int) -> subprocess.Popen[str]:
+    """Every make the harness runs in a build directory: its environment
+    (make_env), a session of its own (a terminal's Ctrl-C reaches the harness
+    alone, and kill_group reaches every job make started), yielding to guests
+    (_make_preexec)."""
+    return subprocess.Popen(argv, stdout=stdout, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=make_env(), text=True,
+                            errors="replace", start_new_session=True,
+                            preexec_fn=_make_preexec)
 
 
 def make_env() -> dict[str, str]:

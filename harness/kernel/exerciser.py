@@ -20,8 +20,8 @@ from pathlib import Path
 from harness import paths
 from harness.arches import get_arch
 from harness.errors import BuildError
-from harness.kernel.build import ERROR_RE, Build, make_env
-from harness.proc import die_with_parent
+from harness.kernel.build import ERROR_RE, Build, start_make
+from harness.proc import kill_group
 
 SOURCE = paths.GUEST_DIR / "exerciser"
 NAME = "cpa_exercise"
@@ -60,12 +60,17 @@ def _make(build: Build, extra: list[str], log: Path) -> None:
     with open(log, "a") as f:
         f.write(f"$ {' '.join(argv)}\n")
         f.flush()
+        # Like the kernel's own build: niced beside guests, and a session of
+        # its own, so a Ctrl-C is the harness's to handle, never make's failure.
+        proc = start_make(argv, f)
         try:
-            rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=make_env(), timeout=MAKE_TIMEOUT,
-                                preexec_fn=die_with_parent).returncode
+            rc = proc.wait(timeout=MAKE_TIMEOUT)
         except subprocess.TimeoutExpired:
+            kill_group(proc)
             rc = -1
+        except BaseException:
+            kill_group(proc)
+            raise
     if rc != 0:
         raise BuildError(f"building the CPA exerciser module for {build.arch} failed "
                          f"(log: {log})", "the first errors are above", log=str(log),
