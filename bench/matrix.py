@@ -13,7 +13,8 @@ ci/nightly.toml --jobs 2`) and prints:
   30 s, so a cell that watches P periods cannot have a verdict before
   30 * (1 + P) s; what is above is boot, the harness and a host too busy;
 - the kernels built in the run (build logs in builds/) beside the distinct
-  kernels the cells needed (distinct config hashes): more builds than kernels
+  kernels the cells needed (distinct configurations of distinct sources: the
+  fast self-test's kernel is its tree patched): more builds than kernels
   would be wasted work, fewer means the build cache served the rest.
 
 Usage: python bench/matrix.py RUN_DIR [--jobs N]
@@ -41,7 +42,7 @@ def main() -> int:
     wall = float(summary["finished"]) - float(summary["started"])
     busy = sum(c.durations.get("total", 0.0) for c in cells)
     jobs = args.jobs or summary.get("schedule", {}).get("jobs", "auto")
-    kernels = {(c.arch, c.config_hash) for c in cells if c.config_hash}
+    kernels = {(c.arch, c.config_hash, c.source_id) for c in cells if c.config_hash}
     built = len(list((args.run / "builds").glob("build-*.log")))
     print(f"cells: {len(cells)}  verdicts: "
           + ", ".join(f"{v}={sum(1 for c in cells if c.verdict.value == v)}"

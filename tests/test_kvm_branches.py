@@ -43,12 +43,19 @@ def test_the_firmware_probe_reads_this_hosts_qemu() -> None:
 
 def test_the_kernel_probe_reads_this_hosts_hang() -> None:
     """The kernel under KVM: nothing on its serial line in 30 s, QEMU's own
-    CPUID warning the last output; killed at the deadline."""
+    CPUID warning the last output (said as QEMU's, not the kernel's); killed
+    at the deadline."""
     code, out = recorded("kvm-kernel-cpu-qemu64")
     assert code == -9
     assert qemu.kernel_problem(None, out.encode(), 30.0) == (
-        "the kernel did not reach user space in 30s (last output: \"qemu-system-x86_64: "
-        "warning: host doesn't support requested feature: CPUID.01H:ECX.pni [bit 0]\")")
+        "the kernel did not reach user space in 30s (the kernel printed nothing; QEMU said "
+        "\"qemu-system-x86_64: warning: host doesn't support requested feature: "
+        "CPUID.01H:ECX.pni [bit 0]\")")
+    # a kernel that printed and then stopped: its last line, QEMU's apart
+    seen = b"[    0.000000] Linux version 6.12.57\r\n" + out.encode()
+    assert qemu.kernel_problem(None, seen, 30.0).startswith(
+        "the kernel did not reach user space in 30s (last output: "
+        "'[    0.000000] Linux version 6.12.57'; QEMU said \"qemu-system-x86_64: warning")
 
 
 HANG = qemu.kernel_problem(None, recorded("kvm-kernel-cpu-qemu64")[1].encode(), 30.0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -197,16 +198,23 @@ def firmware_problem(returncode: int, out: str) -> str | None:
 
 
 KERNEL_PROBE_DEADLINE = 30.0
+QEMU_SAYS = re.compile(r"qemu-system-[\w-]+: ")
 
 
 def kernel_problem(returncode: int | None, seen: bytes, deadline: float) -> str:
     """Why the kernel probe failed, from its newest output: QEMU exited
-    (returncode), or the deadline passed without the ready marker (None)."""
+    (returncode), or the deadline passed without the ready marker (None).
+    QEMU's own lines (its stderr shares the pipe) are told apart from the
+    kernel's: a host's CPUID warning is not the kernel's last word."""
     lines = [ln for ln in seen.decode(errors="replace").splitlines() if ln.strip()]
     if returncode is not None:
         return f"the guest exited {returncode}: {(lines or [''])[-1][:160]}"
-    return (f"the kernel did not reach user space in {deadline:.0f}s (last output: "
-            f"{(lines or ['none'])[-1][:100]!r})")
+    kernel = [ln for ln in lines if not QEMU_SAYS.match(ln)]
+    own = [ln for ln in lines if QEMU_SAYS.match(ln)]
+    said = f"last output: {kernel[-1][:100]!r}" if kernel else "the kernel printed nothing"
+    if own:
+        said += f"; QEMU said {own[-1][:100]!r}"
+    return f"the kernel did not reach user space in {deadline:.0f}s ({said})"
 
 
 def run_kernel_probe(arch: Arch, accel: str, cpu: str, kernel: Path, initrd: Path,
