@@ -69,20 +69,27 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     git(r, "config", "user.name", "cpa-harness test")
     git(r, "config", "core.preloadIndex", "true")
     revs = [commit(r, "base: Debian's linux-source-6.12")]
+    revs += series(r, 5, 3, PATCH, "x86/mm/cpa: revert the self-test's change with an empty mask")
+    return r, revs
+
+
+def series(r: Path, count: int, breaking: int, patch: Path, subject: str,
+           tag: str = "") -> list[str]:
+    """`count` commits on the checkout: the `breaking`th applies `patch` to the
+    self-test, the others are harmless changes to a document."""
     doc = r / "Documentation" / "arch" / "x86" / "pat.rst"
-    for n in range(1, 6):
-        if n == 3:
-            target = r / "arch" / "x86" / "mm" / "pat" / "cpa-test.c"
-            own(target)
-            subprocess.run(["git", "-C", str(r), "apply", str(PATCH)], check=True)
-            revs.append(commit(r, "x86/mm/cpa: revert the self-test's change with an empty "
-                                  "mask"))
+    revs = []
+    for n in range(1, count + 1):
+        if n == breaking:
+            own(r / "arch" / "x86" / "mm" / "pat" / "cpa-test.c")
+            subprocess.run(["git", "-C", str(r), "apply", str(patch)], check=True)
+            revs.append(commit(r, subject))
         else:
             own(doc)
             with open(doc, "a") as f:
-                f.write(f"\n.. harmless change {n}\n")
-            revs.append(commit(r, f"Documentation: harmless change {n}"))
-    return r, revs
+                f.write(f"\n.. harmless {tag}change {n}\n")
+            revs.append(commit(r, f"Documentation: harmless {tag}change {n}"))
+    return revs
 
 
 @pytest.fixture(scope="module")
@@ -92,23 +99,10 @@ def flaky(repo: tuple[Path, list[str]]) -> list[str]:
     r, revs = repo
     git(r, "checkout", "-q", "-b", "flaky", revs[0])
     try:
-        doc = r / "Documentation" / "arch" / "x86" / "pat.rst"
-        out = [revs[0]]
-        for n in range(1, 5):
-            if n == 2:
-                target = r / "arch" / "x86" / "mm" / "pat" / "cpa-test.c"
-                own(target)
-                subprocess.run(["git", "-C", str(r), "apply", str(FLAKY)], check=True)
-                out.append(commit(r, "x86/mm/cpa: revert with an empty mask on every fourth "
-                                     "pass"))
-            else:
-                own(doc)
-                with open(doc, "a") as f:
-                    f.write(f"\n.. harmless flaky-branch change {n}\n")
-                out.append(commit(r, f"Documentation: harmless flaky-branch change {n}"))
+        return [revs[0], *series(r, 4, 2, FLAKY, "x86/mm/cpa: revert with an empty mask on "
+                                 "every fourth pass", "flaky-branch ")]
     finally:
         git(r, "checkout", "-q", "master")
-    return out
 
 
 def test_bisect_names_the_breaking_commit(repo: tuple[Path, list[str]],
